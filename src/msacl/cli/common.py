@@ -1,0 +1,43 @@
+"""Options shared by several verbs, and the user-facing printing helpers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with settings (see --print-config)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one setting with a dotted key, e.g. --set loss.tau=0.1 (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--data", required=required, metavar="DIR",
+                   help="data folder with train/normal, test/normal, test/abnormal[, test/masks]")
+    p.add_argument("--layout", default="folder",
+                   help="data layout: folder (default), hyper-kvasir, lag, liu, covidx")
+    p.add_argument("--image-size", type=int, default=None, metavar="N", help="resize images to N x N")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                   help="channels the images are converted to (default: 3)")
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error",
+                   help="stop at the first unreadable file (default) or skip it and list it in the run dir")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep decoded, resized images here so later runs skip decoding")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accelerator", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--devices", default="1", help="number of devices, or a list such as 0,1 (default: 1)")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (default: 1)")
+    p.add_argument("--precision", default="32-true",
+                   help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: 32-true)")
+
+
+def info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

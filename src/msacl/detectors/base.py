@@ -1,0 +1,92 @@
+"""One interface for every anomaly detector.
+
+A detector is fitted on normal images only and then maps a batch of images to an image-level score and a
+pixel-level anomaly map. Metrics and reports read only that record. Fitted statistics and random choices
+are registered buffers, so ``state_dict`` (plus the constructor arguments kept in ``config``) reproduces
+the detector exactly.
+
+>>> # det = build_detector("padim", encoder=build_encoder(), image_size=64)
+>>> # det.fit(batches(train.images, 32))
+>>> # scores, maps = det.predict(test.images[:8])   # (8,), (8, 1, 64, 64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from msacl.errors import CheckpointError
+from msacl.runs import atomic_torch_save
+
+REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
+    def deco(cls: type[Detector]) -> type[Detector]:
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of an (N, C, H, W) tensor."""
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i : i + batch_size]
+
+
+class Detector(nn.Module):
+    """Base class. Subclasses implement ``fit`` and ``predict`` and keep constructor kwargs in ``config``.
+
+    ``config`` must hold only JSON-like values (numbers, strings, lists) so that a saved detector loads
+    with ``torch.load(..., weights_only=True)``. The encoder's architecture is part of it; its weights are
+    part of the state dict.
+    """
+
+    name: ClassVar[str] = "detector"
+
+    def __init__(self, **config: Any):
+        super().__init__()
+        self.config: dict[str, Any] = dict(config)
+
+    def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
+            progress: bool = False) -> Detector:
+        """Fit on normal images. ``batches`` yields (B, C, H, W) float tensors in [0, 1]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); larger means more anomalous."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        atomic_torch_save({"detector": self.name, "config": self.config, "state_dict": self.state_dict()}, path)
+
+    @staticmethod
+    def load(path: str | Path, map_location: str | torch.device = "cpu") -> Detector:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: detector file not found")
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: not a readable detector file ({type(e).__name__}: {e})") from None
+        if not isinstance(obj, dict) or obj.get("detector") not in REGISTRY:
+            raise CheckpointError(f"{path}: not a saved msacl detector (known: {sorted(REGISTRY)})")
+        det = REGISTRY[obj["detector"]](**obj["config"])
+        try:
+            det.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: state does not fit a {obj['detector']} detector: {e}") from None
+        return det
+
+
+def build_detector(name: str, **kwargs: Any) -> Detector:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[name](**kwargs)

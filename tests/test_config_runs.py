@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+import torch
+import yaml
+
+from msacl.config import ConfigError, apply_overrides, load_config, to_dict
+from msacl.runs import RunDir, atomic_torch_save, make_generator
+
+
+@dataclass
+class Loss:
+    tau: float = 0.2
+    alpha: float = 0.5
+
+
+@dataclass
+class Cfg:
+    method: Literal["msacl", "ccd"] = "msacl"
+    epochs: int = 10
+    layers: list[str] = field(default_factory=lambda: ["layer1", "layer2"])
+    loss: Loss = field(default_factory=Loss)
+    init: str | None = None
+
+
+def test_overrides_nested_and_typed():
+    cfg = apply_overrides(Cfg(), ["loss.tau=0.1", "epochs=3", "layers=[layer3]", "init=/x.pt"])
+    assert cfg.loss.tau == 0.1 and cfg.epochs == 3 and cfg.layers == ["layer3"] and cfg.init == "/x.pt"
+    assert isinstance(cfg.loss, Loss)
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("loss.tauu=1", "unknown key 'tauu'"),
+        ("epochs=abc", "expected int"),
+        ("epochs=1.5", "expected an integer"),
+        ("method=simclr", "not one of"),
+        ("nonsense", "key.sub=value"),
+    ],
+)
+def test_bad_override_names_the_problem(bad, words):
+    with pytest.raises(ConfigError, match=words):
+        apply_overrides(Cfg(), [bad])
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"epochs": 5, "loss": {"alpha": 0.25}}))
+    cfg = load_config(Cfg, p, ["loss.tau=0.3"])
+    assert (cfg.epochs, cfg.loss.alpha, cfg.loss.tau) == (5, 0.25, 0.3)
+    p.write_text(yaml.safe_dump({"epochz": 5}))
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(Cfg, p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_run_dir_records_everything(tmp_path):
+    run = RunDir.create(tmp_path / "run", config=Cfg(), seed=7, argv=["msacl", "fit", "--seed", "7"])
+    meta = json.loads((run.path / "meta.json").read_text())
+    assert meta["seed"] == 7 and meta["msacl_version"]
+    assert run.read_config() == to_dict(Cfg())
+    assert (run.path / "command.txt").read_text().strip() == "msacl fit --seed 7"
+    run.write_metrics({"image_auroc": torch.tensor(0.75)})
+    assert json.loads((run.path / "metrics.json").read_text()) == {"image_auroc": 0.75}
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    atomic_torch_save({"w": torch.ones(3)}, tmp_path / "a.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], torch.ones(3))
+
+
+def test_generator_same_seed_same_numbers():
+    a = torch.rand(5, generator=make_generator(3))
+    b = torch.rand(5, generator=make_generator(3))
+    c = torch.rand(5, generator=make_generator(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
