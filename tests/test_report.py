@@ -1,0 +1,179 @@
+"""PNG figures and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msacl.errors import MsaclError
+from msacl.metrics import evaluate, image_auroc
+from msacl.report import heatmap_png, plot_histograms, plot_overlays, plot_roc, plot_tsne, write_report
+from msacl.report.plots import _roc_figure
+from msacl.runs import RunDir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NASTY = "<script>alert('x')</script> & $x_1$"
+
+
+def _record(n_normal: int = 6, n_abnormal: int = 8, size: int = 16, channels: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    n = n_normal + n_abnormal
+    images = torch.rand(n, channels, size, size, generator=gen)
+    masks = torch.zeros(n, 1, size, size)
+    masks[n_normal:, :, 4:10, 5:11] = 1
+    maps = torch.rand(n, 1, size, size, generator=gen) + 0.8 * masks
+    labels = torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)])
+    scores = maps.amax(dim=(1, 2, 3))
+    paths = [f"data/test/{'abnormal' if labels[i] else 'normal'}/img_{i:03d}.png" for i in range(n)]
+    paths[-1] = f"data/test/abnormal/{NASTY}.png"
+    return images, labels, scores, maps, masks, paths
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_title = tag == "title"
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        self._in_title = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_title:
+            self.title += data
+
+
+def _parse(path: Path) -> _Collect:
+    p = _Collect()
+    p.feed(path.read_text(encoding="utf-8"))
+    p.close()
+    return p
+
+
+def test_plots_write_valid_pngs(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    w, h = _png_size(plot_roc(scores, labels, tmp_path / "roc.png"))
+    assert w > 300 and h > 300
+    _png_size(plot_histograms(scores, labels, tmp_path / "hist.png", threshold=1.0))
+    # maps at a coarser resolution than the images are drawn at the image's
+    coarse = torch.nn.functional.avg_pool2d(maps, 2)
+    w, h = _png_size(plot_overlays(images, coarse, masks, scores, paths, tmp_path / "ov.png", n=3, threshold=1.0))
+    w_no_gt, _ = _png_size(plot_overlays(images, maps, None, scores, paths, tmp_path / "ov2.png", n=3))
+    assert w_no_gt < w  # two columns fewer per block
+    _png_size(heatmap_png(images[-1], maps[-1], tmp_path / "one.png", mask=masks[-1], threshold=1.0, title=NASTY))
+    _png_size(heatmap_png(images[0, :1], maps[0, 0], tmp_path / "grey.png"))
+
+
+def test_roc_legend_shows_auroc():
+    _, labels, scores, *_ = _record()
+    fig = _roc_figure(scores, labels, "t")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts[0] == f"AUROC = {image_auroc(scores, labels):.3f}"
+
+
+def test_overlays_rank_most_and_least_anomalous(tmp_path):
+    images, labels, scores, maps, masks, paths = _record(n_normal=2, n_abnormal=3)
+    # five images, n=8: all five go to the "most anomalous" block and the "least" block is left out
+    path = plot_overlays(images, maps, masks, scores, paths, tmp_path / "ov.png", n=8)
+    _png_size(path)
+    with pytest.raises(MsaclError, match="one image, map, score and path per row"):
+        plot_overlays(images[:4], maps, masks, scores, paths, tmp_path / "bad.png")
+
+
+def test_plot_tsne(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.cat([torch.randn(12, 8, generator=gen), torch.randn(12, 8, generator=gen) + 3])
+    labels = torch.cat([torch.zeros(12), torch.ones(12)])
+    _png_size(plot_tsne(feats, labels, tmp_path / "tsne.png", seed=1))
+    with pytest.raises(MsaclError, match="at least 5"):
+        plot_tsne(feats[:3], labels[:3], tmp_path / "x.png")
+
+
+def test_write_report_is_self_contained_and_escaped(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    run = RunDir.create(tmp_path / "run", config={"detector": "padim", "note": NASTY}, seed=0,
+                        argv=["msacl", "test", "--data", NASTY])
+    metrics = evaluate(scores, labels, maps, masks, threshold=1.0, n_bootstrap=100)
+    feats = torch.randn(len(scores), 6, generator=torch.Generator().manual_seed(0))
+    out = write_report(run.path, images=images, labels=labels, scores=scores, maps=maps, masks=masks, paths=paths,
+                       metrics=metrics, title=f"PaDiM {NASTY}", n_overlays=3, features=feats)
+    assert out == run.path / "report.html"
+    for name in ("roc.png", "histograms.png", "overlays.png", "tsne.png"):
+        _png_size(run.path / name)
+    page = _parse(out)
+    assert "script" not in page.tags  # nothing the user typed became markup
+    assert page.title == f"PaDiM {NASTY}"
+    text = "".join(page.text)
+    assert NASTY in text  # shown verbatim: title, config, command and file list
+    raw = out.read_text(encoding="utf-8")
+    assert "<script>" not in raw and "&lt;script&gt;" in raw
+    # every figure embedded, byte for byte, no external reference
+    assert len(page.imgs) == 4
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.imgs]
+    assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert (run.path / "roc.png").read_bytes() in embedded
+    assert (run.path / "overlays.png").read_bytes() in embedded
+    # metric values, the CI and the group protocol appear as formatted
+    assert f"{metrics['image_auroc']:.4f}" in text
+    assert f"[{metrics['image_auroc_ci_low']:.4f}, {metrics['image_auroc_ci_high']:.4f}] (95% bootstrap CI)" in text
+    assert f"{metrics['pixel_auroc']:.4f}" in text and f"{metrics['dice_oracle']:.4f}" in text
+    assert "Image AUROC" in text and "AUPRO" in text
+    assert any("only 8 abnormal images" in t for t in page.text)  # notes shown
+    assert "detector: padim" in text  # config from the run directory
+    assert "msacl test --data" in text  # command.txt
+    assert "img_000.png" in text  # ranked file list
+
+
+def test_write_report_without_maps_or_with_one_class(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    metrics = evaluate(scores, labels, n_bootstrap=0)
+    out = write_report(tmp_path / "a", images=images, labels=labels, scores=scores, paths=paths, metrics=metrics,
+                       title="no maps", config={"k": 1})
+    page = _parse(out)
+    assert len(page.imgs) == 2 and not (tmp_path / "a" / "overlays.png").exists()
+    assert "returned no maps" in "".join(page.text)
+    ab = labels.bool()
+    idx = torch.nonzero(ab).ravel().tolist()
+    metrics = evaluate(scores[ab], labels[ab], maps[ab], masks[ab], n_bootstrap=0)
+    out = write_report(tmp_path / "b", images=images[ab], labels=labels[ab], scores=scores[ab], maps=maps[ab],
+                       masks=masks[ab], paths=[paths[i] for i in idx], metrics=metrics, title="abnormal only",
+                       n_overlays=2)
+    page = _parse(out)
+    assert not (tmp_path / "b" / "roc.png").exists()
+    assert len(page.imgs) == 2  # histograms + overlays
+    text = "".join(page.text)
+    assert "only one class" in text and "n/a" in text  # image AUROC undefined, said so
+    assert re.search(r"Pred \(oracle t\)|oracle threshold", text)
+
+
+def test_write_report_rejects_mismatched_paths(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    with pytest.raises(MsaclError, match="paths for"):
+        write_report(tmp_path, images=images, labels=labels, scores=scores, paths=paths[:-1], metrics={}, title="x")
+    assert not np.any([p.suffix == ".html" for p in tmp_path.iterdir()])
