@@ -24,3 +24,31 @@ def shared_data() -> Path:
     if not (root / "kvasir_seg_patch128").is_dir():
         pytest.skip(f"real data sets not found at {root} (set MSACL_DATA_ROOT)")
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic set (folder layout, 64 px, 64 train / 24 + 24 test with masks), written once per session.
+
+    Read-only for tests: copy it (shutil.copytree) before changing anything in it.
+    """
+    from msacl.data.synthetic import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+def write_test_image(path: Path, size: int | tuple[int, int] = 16, *, mode: str = "RGB", value: int = 128) -> Path:
+    """A small constant image (any Pillow mode and format, chosen by the suffix) for building data trees."""
+    from PIL import Image
+
+    w, h = (size, size) if isinstance(size, int) else size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bands = Image.getmodebands(mode)
+    Image.new(mode, (w, h), value if bands == 1 else (value,) * bands).save(path)
+    return path
+
+
+@pytest.fixture
+def image_file():
+    """The :func:`write_test_image` helper, as a fixture."""
+    return write_test_image
