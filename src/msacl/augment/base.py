@@ -6,10 +6,12 @@ A_0). Families work on batched tensors with an explicit generator, on whatever d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import torch
+
+from msacl.augment.functional import uniform
 
 
 @dataclass
@@ -21,11 +23,14 @@ class StrongOutput:
         labels: class index n of each image. Shape: (B,).
         masks: union mask of the altered pixels (MedMix lesions, cutout holes, pasted patches), or
             all zeros where the family changes the whole image geometry. Shape: (B, 1, H, W).
+        extras: family-specific tensors for inspection and tests, e.g. MedMix's per-lesion masks
+            ``lesion_masks`` (B, K, H, W) and ``placement`` (B, K) fallback levels.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class StrongFamily(Protocol):
@@ -47,9 +52,10 @@ class StrongFamily(Protocol):
         Args:
             x: normal images in [0, 1]. Shape: (B, C, H, W).
             labels: class of each image, in ``0..num_classes-1``. Shape: (B,).
-            generator: the only source of randomness, on ``x.device``.
+            generator: the only source of randomness, on ``x.device`` (a CPU generator also works).
             sources: other normal images to cut lesion patches from (MedMix, CutPaste); when None,
-                the batch itself rolled by one is used. Shape: (B, C, H, W).
+                MedMix uses the batch itself rolled by one and CutPaste the image itself (as in
+                Li et al., 2021). Shape: (B, C, H, W).
         """
         ...
 
@@ -60,3 +66,61 @@ class WeakView(Protocol):
     def __call__(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Shape: (B, C, H, W) -> (B, C, H', W') where H', W' is the configured output size."""
         ...
+
+
+class StrongBase:
+    """Shared checks and helpers of the concrete families; subclasses implement ``_apply``."""
+
+    name: ClassVar[str] = "strong"
+    num_classes: int = 4
+    class_names: tuple[str, ...] = ()
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        sources: torch.Tensor | None = None,
+    ) -> StrongOutput:
+        x, labels = self._check(x, labels, sources)
+        out = self._apply(x, labels, generator=generator, sources=sources)
+        out.images = out.images.to(x.dtype)  # per-image factors are float32; keep the input's precision
+        out.masks = out.masks.to(x.dtype)
+        return out
+
+    def _apply(
+        self, x: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator, sources: torch.Tensor | None
+    ) -> StrongOutput:
+        raise NotImplementedError
+
+    def random_labels(self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None
+                      ) -> torch.Tensor:
+        """``n`` classes drawn uniformly from ``0..num_classes-1``. Shape: (n,)."""
+        u = uniform((n,), 0.0, float(self.num_classes), generator=generator, device=device or generator.device)
+        return u.long().clamp_(max=self.num_classes - 1)
+
+    def _check(
+        self, x: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{self.name}: expected a float (B, C, H, W) image batch, got {got}")
+        labels = torch.as_tensor(labels, device=x.device)
+        if labels.shape != (x.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"{self.name}: labels must be integers of shape ({x.shape[0]},), "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        labels = labels.long()
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"{self.name}: labels must lie in 0..{self.num_classes - 1}, "
+                             f"got {int(labels.min())}..{int(labels.max())}")
+        if sources is not None and sources.shape[1:] != x.shape[1:]:
+            raise ValueError(f"{self.name}: sources must be (B', {x.shape[1]}, {x.shape[2]}, {x.shape[3]}) "
+                             f"like the images, got {tuple(sources.shape)}")
+        if sources is not None and sources.shape[0] != x.shape[0]:
+            raise ValueError(f"{self.name}: need one source image per image ({x.shape[0]}), "
+                             f"got {sources.shape[0]}")
+        return x, labels
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_classes={self.num_classes})"

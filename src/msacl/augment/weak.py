@@ -1,0 +1,197 @@
+"""The weak distribution A_0: SimCLR's augmentations on a batch at once (CCD Sec. 3.2, MSACL Sec. 3.1).
+
+CCD: "All weak augmentations in A_p are the same as SimCLR (i.e., colour jittering, random grey scale,
+crop, resize, and Gaussian blur)". The defaults below are SimCLR's (Chen et al., 2020, App. A).
+Crop, resize and flip are one ``affine_grid``/``grid_sample`` call; colour jitter, greyscale and blur
+use per-image parameters, so a batch costs a few kernels however large it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from msacl.augment import functional as AF
+
+
+@dataclass
+class WeakConfig:
+    """Settings of the weak views; every probability applies independently per image.
+
+    Attributes:
+        crop_scale: range of the crop's area as a fraction of the image (RandomResizedCrop ``scale``).
+        crop_ratio: range of the crop's aspect ratio w/h, drawn log-uniformly.
+        hflip_p: probability of a horizontal flip.
+        vflip_p: probability of a vertical flip (0 in SimCLR; useful for images with no up/down).
+        jitter_p: probability of the colour jitter.
+        brightness, contrast, saturation: jitter strengths; factors are drawn from [1 - s, 1 + s].
+        hue: hue jitter strength; shifts are drawn from [-hue, hue] (at most 0.5).
+        grey_p: probability of converting to greyscale (kept with C channels).
+        blur_p: probability of a Gaussian blur.
+        blur_sigma: range of the blur's sigma in pixels of the output image.
+        blur_kernel_frac: kernel size as a fraction of the output size (rounded up to odd, at least 3).
+        antialias: when the input is more than twice the output size, shrink it first with an
+            antialiased resize so that down-scaling crops do not alias.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_p: float = 0.5
+    vflip_p: float = 0.0
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grey_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = 0.1
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("hflip_p", "vflip_p", "jitter_p", "grey_p", "blur_p"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"WeakConfig.{name} must be a probability in [0, 1], got {v}")
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"WeakConfig.{name} must lie in [0, 1], got {v}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"WeakConfig.hue must lie in [0, 0.5], got {self.hue}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"WeakConfig.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"WeakConfig.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        lo, hi = self.blur_sigma
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"WeakConfig.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        if not 0.0 <= self.blur_kernel_frac < 1.0:
+            raise ValueError(f"WeakConfig.blur_kernel_frac must lie in [0, 1), got {self.blur_kernel_frac}")
+
+
+class WeakAugment:
+    """Random weak views of a batch: resized crop, flips, colour jitter, greyscale, Gaussian blur.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> WeakAugment(32)(torch.rand(4, 3, 64, 64), generator=g).shape
+    torch.Size([4, 3, 32, 32])
+    >>> WeakAugment(32, blur_p=0.0).cfg.blur_p   # keyword arguments override the config
+    0.0
+
+    Args:
+        size: output side length in pixels.
+        cfg: settings (SimCLR's by default).
+        **overrides: fields of :class:`WeakConfig` to change.
+    """
+
+    def __init__(self, size: int, cfg: WeakConfig | None = None, **overrides: Any):
+        if int(size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        cfg = cfg or WeakConfig()
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(WeakConfig)}
+        if unknown:
+            raise TypeError(f"unknown WeakConfig field(s) {sorted(unknown)}")
+        self.cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+        self.size = int(size)
+        k = math.ceil(self.cfg.blur_kernel_frac * self.size)
+        self.blur_kernel = max(3, k + (k % 2 == 0))
+
+    def __repr__(self) -> str:
+        return f"WeakAugment(size={self.size}, cfg={self.cfg})"
+
+    def __call__(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """Shape: (B, C, H, W) in [0, 1] -> (B, C, size, size) in [0, 1]."""
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"expected a float (B, C, H, W) image batch, got {x.dtype} {tuple(x.shape)}")
+        cfg, b, dev = self.cfg, x.shape[0], x.device
+        x = self._shrink(x)
+        y = self.crop_flip(x, generator=generator)
+
+        jit = AF.uniform(b, 0, 1, generator=generator, device=dev) < cfg.jitter_p
+        factors = [AF.uniform(b, 1 - s, 1 + s, generator=generator, device=dev)
+                   for s in (cfg.brightness, cfg.contrast, cfg.saturation)]
+        hue = AF.uniform(b, -cfg.hue, cfg.hue, generator=generator, device=dev)
+        order = AF.random_order(b, 4, generator=generator, device=dev)
+        one = torch.ones_like(hue)
+        br, co, sa = (torch.where(jit, f, one) for f in factors)
+        y = AF.color_jitter(y, brightness=br, contrast=co, saturation=sa, hue=torch.where(jit, hue, 0 * hue),
+                            order=order)
+
+        grey = AF.uniform(b, 0, 1, generator=generator, device=dev) < cfg.grey_p
+        if grey.any() and y.shape[1] > 1:
+            y = torch.where(grey.view(-1, 1, 1, 1), AF.to_grey(y), y)
+
+        blur = AF.uniform(b, 0, 1, generator=generator, device=dev) < cfg.blur_p
+        sigma = AF.uniform(b, *cfg.blur_sigma, generator=generator, device=dev)
+        idx = blur.nonzero().squeeze(1)
+        if idx.numel() and self.blur_kernel // 2 < self.size:
+            y[idx] = AF.gaussian_blur(y[idx], sigma[idx], self.blur_kernel)
+        return y.clamp_(0, 1).to(x.dtype)
+
+    def _shrink(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        if not self.cfg.antialias or min(h, w) <= 2 * self.size:
+            return x
+        f = 2 * self.size / min(h, w)
+        return F.interpolate(x, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
+                             antialias=True, align_corners=False).clamp_(0, 1)
+
+    def crop_params(self, b: int, h: int, w: int, *, generator: torch.Generator, device: torch.device,
+                    tries: int = 10) -> tuple[torch.Tensor, ...]:
+        """Crop boxes as RandomResizedCrop draws them: ``tries`` attempts, else the central crop.
+
+        Returns top, left, height, width in input pixels, each of shape (B,).
+        """
+        cfg = self.cfg
+        area = h * w * AF.uniform((b, tries), *cfg.crop_scale, generator=generator, device=device)
+        ratio = AF.log_uniform((b, tries), *cfg.crop_ratio, generator=generator, device=device)
+        cw = torch.sqrt(area * ratio).round()
+        ch = torch.sqrt(area / ratio).round()
+        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = ok.to(torch.int8).argmax(dim=1, keepdim=True)
+        cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+        # torchvision's fallback: the central crop with the ratio clamped into range.
+        in_ratio = w / h
+        if in_ratio < cfg.crop_ratio[0]:
+            fw, fh = w, round(w / cfg.crop_ratio[0])
+        elif in_ratio > cfg.crop_ratio[1]:
+            fw, fh = round(h * cfg.crop_ratio[1]), h
+        else:
+            fw, fh = w, h
+        found = ok.any(dim=1)
+        cw = torch.where(found, cw, torch.full_like(cw, fw))
+        ch = torch.where(found, ch, torch.full_like(ch, fh))
+        u = AF.uniform((2, b), 0, 1, generator=generator, device=device)
+        top = torch.where(found, torch.floor(u[0] * (h - ch + 1)), torch.full_like(ch, (h - fh) // 2))
+        left = torch.where(found, torch.floor(u[1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
+        return top, left, ch, cw
+
+    def crop_flip(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """Random resized crop and flips as one bilinear ``grid_sample``.
+
+        Shape: (B, C, H, W) -> (B, C, size, size).
+        """
+        b, c, h, w = x.shape
+        dev, cfg = x.device, self.cfg
+        top, left, ch, cw = self.crop_params(b, h, w, generator=generator, device=dev)
+        flips = AF.uniform((2, b), 0, 1, generator=generator, device=dev) < torch.tensor(
+            [[cfg.hflip_p], [cfg.vflip_p]], device=dev)
+        sx = torch.where(flips[0], -1.0, 1.0)
+        sy = torch.where(flips[1], -1.0, 1.0)
+        # Normalised coordinates (align_corners=False): the crop [left, left+cw) maps to [-1, 1] of the output.
+        theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+        theta[:, 0, 0] = sx * cw / w
+        theta[:, 0, 2] = (2 * left + cw) / w - 1
+        theta[:, 1, 1] = sy * ch / h
+        theta[:, 1, 2] = (2 * top + ch) / h - 1
+        grid = F.affine_grid(theta, [b, c, self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
