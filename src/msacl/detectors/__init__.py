@@ -1,0 +1,11 @@
+"""Anomaly detectors behind one interface (see ``base``); importing this package registers all of them.
+
+Registered names: padim, patchcore, igd, fanogan, msssim_ae, dae.
+"""
+
+from msacl.detectors import autoencoder, fanogan, igd  # noqa: F401  (register igd, fanogan, msssim_ae, dae)
+from msacl.detectors.base import REGISTRY, Detector, batches, build_detector, register
+from msacl.detectors.padim import Padim
+from msacl.detectors.patchcore import PatchCore
+
+__all__ = ["REGISTRY", "Detector", "Padim", "PatchCore", "batches", "build_detector", "register"]

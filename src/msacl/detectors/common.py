@@ -1,0 +1,142 @@
+"""Helpers shared by the feature-based detectors (PaDiM, PatchCore): map smoothing and layer embeddings."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from msacl.errors import MsaclError
+from msacl.models.encoders import Encoder
+
+
+def gaussian_kernel1d(sigma: float, *, dtype: torch.dtype = torch.float32,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of width ``2 * int(4 * sigma + 0.5) + 1`` (the size anomalib uses).
+
+    Shape: (K,).
+    """
+    radius = int(4.0 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _pad_mode(radius: int, n: int) -> str:
+    # Reflection needs pad < size; tiny maps are padded by replication instead.
+    return "reflect" if radius < n else "replicate"
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding (scipy's ``mode="mirror"``); ``sigma <= 0`` returns the input.
+
+    Shape: (B, 1, H, W) -> (B, 1, H, W).
+    """
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma, dtype=maps.dtype, device=maps.device)
+    r = k.numel() // 2
+    h, w = maps.shape[-2:]
+    x = F.conv2d(F.pad(maps, (r, r, 0, 0), mode=_pad_mode(r, w)), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=_pad_mode(r, h)), k.view(1, 1, -1, 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_operator(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+    """Linear interpolation n_in -> n_out followed by the Gaussian blur, along one axis, as a matrix.
+
+    Shape: (n_out, n_in), float64.
+    """
+    basis = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)  # (n_in, 1, n_in): one unit signal per row
+    up = F.interpolate(basis, size=n_out, mode="linear", align_corners=False)  # (n_in, 1, n_out)
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma, dtype=torch.float64)
+        r = k.numel() // 2
+        up = F.conv1d(F.pad(up, (r, r), mode=_pad_mode(r, n_out)), k.view(1, 1, -1))
+    return up[:, 0].T.contiguous()
+
+
+def to_image_map(patch_map: torch.Tensor, size: tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
+    """Patch-level scores -> pixel map: bilinear upsampling to the image size, then Gaussian blur.
+
+    Both steps are linear and separable, so they are applied as one (H, h) and one (w, W) matrix:
+    ``A_h @ map @ A_w^T`` equals ``gaussian_blur(interpolate(map))`` at a fraction of the cost.
+
+    Shape: (B, h, w) -> (B, 1, H, W).
+    """
+    h, w = patch_map.shape[-2:]
+    a_h = _axis_operator(h, int(size[0]), float(sigma)).to(patch_map)
+    a_w = _axis_operator(w, int(size[1]), float(sigma)).to(patch_map)
+    return (a_h @ patch_map @ a_w.T).unsqueeze(1)
+
+
+def feature_grid(image_size: int, stride: int) -> int:
+    """Side of a ResNet feature map for a square input: conv1 and maxpool halve it (4), each later layer halves it.
+
+    Matches ``floor((s - 1) / 2) + 1`` per stride-2 stage, the arithmetic of torchvision's ResNets.
+    """
+    s = image_size
+    for _ in range(int(math.log2(stride))):
+        s = (s - 1) // 2 + 1
+    return s
+
+
+LAYER_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def check_layers(layers: Sequence[str]) -> list[str]:
+    layers = list(layers)
+    bad = [l for l in layers if l not in LAYER_STRIDE]
+    if not layers or bad:
+        raise MsaclError(f"layers {layers}: choose one or more of {list(LAYER_STRIDE)}")
+    return sorted(set(layers), key=list(LAYER_STRIDE).index)
+
+
+def check_images(x: torch.Tensor, who: str) -> None:
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise MsaclError(f"{who}: expected images of shape (B, 1|3, H, W), got {tuple(x.shape)}")
+
+
+def fold_batchnorm(encoder: Encoder) -> Encoder:
+    """An inference-only copy of ``encoder`` with every BatchNorm folded into the convolution before it.
+
+    Same outputs as ``encoder.eval()`` up to float rounding, with one pass over each activation less.
+    """
+    enc = copy.deepcopy(encoder).eval()
+    for m in enc.modules():
+        for i in ("1", "2", "3"):
+            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(m, f"bn{i}", nn.Identity())
+        if (isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.Conv2d)
+                and isinstance(m[1], nn.BatchNorm2d)):
+            m[0], m[1] = fuse_conv_bn_eval(m[0], m[1]), nn.Identity()
+    return enc.to(memory_format=torch.channels_last).requires_grad_(False)
+
+
+class FrozenFeatures:
+    """Feature taps of a frozen encoder, run through a BatchNorm-folded, channels-last copy of it.
+
+    The copy is rebuilt whenever the encoder's tensors change (loaded weights, ``.to(device)``): every
+    in-place write bumps a tensor's version counter, so (id, version) of all tensors identifies the weights.
+    Not an ``nn.Module``, so the copy never enters the detector's state dict.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._enc: Encoder | None = None
+
+    def __call__(self, encoder: Encoder, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        key = tuple((id(t), t._version) for t in itertools.chain(encoder.parameters(), encoder.buffers()))
+        if key != self._key or self._enc is None:
+            self._enc, self._key = fold_batchnorm(encoder), key
+        with torch.no_grad():
+            return self._enc.features(x.contiguous(memory_format=torch.channels_last), layers)

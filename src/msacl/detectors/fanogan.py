@@ -1,0 +1,223 @@
+"""F-anoGAN (Schlegl et al. 2019) on any encoder, scored as CCD Eq. 7.
+
+Training has two phases, as in f-AnoGAN:
+
+1. a WGAN-GP (Gulrajani et al. 2017): the generator g_phi (a ``Decoder``) maps z ~ U(-1, 1)^d to images
+   and a critic without normalisation layers is trained ``n_critic`` times per generator step with the
+   gradient penalty ``lambda_gp * (||grad D(x^)||_2 - 1)^2``;
+2. encoder training with g_phi and the critic frozen: f_theta (ResNet + linear head + tanh, so that it
+   lands in the prior's [-1, 1]) minimises reconstruction losses in image and representation space
+   (CCD Sec. 2.2): ``mean((x - g(f(x)))^2) + kappa * mean((f(x) - f(g(f(x))))^2)``.
+
+Anomaly score (CCD Eq. 7): ``||x - g(f(x))|| + kappa * ||f(x) - f(g(f(x)))||``, each norm divided by the
+square root of its number of elements (a root mean square; ours, so that the two terms do not scale with
+image size and latent size). Heat map: ``|x - g(f(x))|`` per pixel (channel mean), Gaussian-blurred.
+With ``local=True`` a second GAN + encoder on 32 x 32 patches adds each patch's score to the map and the
+image score becomes ``nu * s_G + (1 - nu) * mean patch s_L`` (ours).
+
+>>> det = FAnoGAN(image_size=64, gan_epochs=1, epochs=1)
+>>> # det.fit(batches(train.images, 32), generator=make_generator(0))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from msacl.detectors.base import register
+from msacl.detectors.common import gaussian_blur
+from msacl.detectors.training import (
+    TwoScaleDetector,
+    check_positive,
+    check_unit,
+    config_of,
+    rand,
+    run_epochs,
+)
+from msacl.models.decoders import Critic, LatentAutoencoder
+
+# ---------------------------------------------------------------- losses and scores (pure functions)
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     eps: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP penalty (Gulrajani et al. 2017, Eq. 3) at x^ = eps * real + (1 - eps) * fake, without lambda.
+
+    Shape:
+        real, fake: (B, C, H, W); eps: (B,) in [0, 1].
+        returns: (B,) values (||grad_x^ D(x^)||_2 - 1)^2.
+    """
+    e = eps.view(-1, 1, 1, 1)
+    x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1) ** 2
+
+
+def critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor, penalty: torch.Tensor, *,
+                lambda_gp: float = 10.0) -> torch.Tensor:
+    """WGAN-GP critic loss: E[D(fake)] - E[D(real)] + lambda_gp * E[penalty] (lambda_gp = 10, WGAN-GP).
+
+    Shape:
+        d_real, d_fake, penalty: (B,).
+        returns: scalar.
+    """
+    return d_fake.mean() - d_real.mean() + lambda_gp * penalty.mean()
+
+
+def generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """WGAN generator loss -E[D(g(z))]. Shape: d_fake (B,) -> scalar."""
+    return -d_fake.mean()
+
+
+def izif_loss(x: torch.Tensor, x_rec: torch.Tensor, z: torch.Tensor, z_rec: torch.Tensor, *,
+              kappa: float = 1.0) -> torch.Tensor:
+    """Encoder training loss: reconstruction in image and representation space (CCD Sec. 2.2),
+    ``mean((x - x~)^2) + kappa * mean((z - z~)^2)`` with x~ = g(f(x)), z~ = f(x~).
+
+    Shape:
+        x, x_rec: (B, C, H, W); z, z_rec: (B, D).
+        returns: scalar.
+    """
+    return ((x - x_rec) ** 2).mean() + kappa * ((z - z_rec) ** 2).mean()
+
+
+def fanogan_score(x: torch.Tensor, x_rec: torch.Tensor, z: torch.Tensor, z_rec: torch.Tensor, *,
+                  kappa: float = 1.0) -> torch.Tensor:
+    """CCD Eq. 7: ||x - g(f(x))|| + kappa * ||f(x) - f(g(f(x)))||, each L2 norm divided by sqrt(numel).
+
+    Shape:
+        x, x_rec: (B, C, H, W); z, z_rec: (B, D).
+        returns: (B,).
+    """
+    image = (x - x_rec).flatten(1).norm(dim=1) / x[0].numel() ** 0.5
+    latent = (z - z_rec).norm(dim=1) / z.shape[1] ** 0.5
+    return image + kappa * latent
+
+
+# ---------------------------------------------------------------- model
+
+
+class FAnoGANNet(LatentAutoencoder):
+    """f_theta (bounded latent), generator g_phi (``.decoder``) and the WGAN-GP critic."""
+
+    def __init__(self, arch: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
+        super().__init__(arch, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width,
+                         bounded=True)
+        self.critic = Critic(image_size, channels, width=width)
+
+    def residuals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        x_rec = self.decode(z)
+        return x, x_rec, z, self.encode(x_rec)
+
+
+@register("fanogan")
+class FAnoGAN(TwoScaleDetector):
+    """F-anoGAN detector on any encoder.
+
+    Args:
+        arch: encoder architecture (weights: ``det.encoder.backbone``; local: ``det.local.encoder.backbone``).
+        image_size: image size, a multiple of 32. channels: image channels. latent_dim: size of Z (128).
+        local: also train a local GAN + encoder on ``patch_size`` patches (stride ``patch_stride``),
+            ``patches_per_image`` random patches per image per step; nu weighs global against local (ours 0.5).
+        gan_epochs: WGAN-GP epochs; epochs: encoder epochs (defaults ours). batch_size.
+        lr: Adam lr 1e-4 with betas (0, 0.9) for both phases (WGAN-GP). n_critic: critic steps per
+            generator step (5); lambda_gp: gradient penalty weight (10); kappa: latent term weight (1).
+        blur_sigma: Gaussian blur of the map (anomalib's 4). width: generator/critic width.
+        init_seed: seed of the construction-time initialisation.
+    """
+
+    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
+                 patches_per_image: int = 16, gan_epochs: int = 100, epochs: int = 50, batch_size: int = 32,
+                 lr: float = 1e-4, n_critic: int = 5, lambda_gp: float = 10.0, kappa: float = 1.0, nu: float = 0.5,
+                 blur_sigma: float = 4.0, width: int = 32, init_seed: int = 0):
+        config = config_of(locals())
+        check_unit("nu", nu)
+        check_positive("gan_epochs", gan_epochs, minimum=0)
+        check_positive("n_critic", n_critic)
+        check_positive("latent_dim", latent_dim)
+        super().__init__(**config)
+
+    def build_net(self, hw: tuple[int, int]) -> FAnoGANNet:
+        c = self.config
+        return FAnoGANNet(c["arch"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
+                          width=c["width"])
+
+    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
+        c = self.config
+        betas = (0.0, 0.9)
+        gan = {name: (torch.optim.Adam(net.decoder.parameters(), lr=c["lr"], betas=betas),
+                      torch.optim.Adam(net.critic.parameters(), lr=c["lr"], betas=betas)) for name, net in self.nets()}
+        enc = {name: torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=c["lr"], betas=betas)
+               for name, net in self.nets()}
+        counter = [0]
+
+        def gan_step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+            out: dict[str, float] = {}
+            train_g = counter[0] % c["n_critic"] == c["n_critic"] - 1
+            counter[0] += 1
+            for name, net in self.nets():
+                real = self.local_batch(x, g) if name == "local" else x
+                losses = self._gan_step(net, *gan[name], real, g, train_g)
+                out.update({(k if name == "global" else f"local_{k}"): v for k, v in losses.items()})
+            return out
+
+        def encoder_step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+            out = {}
+            for name, net in self.nets():
+                real = self.local_batch(x, g) if name == "local" else x
+                loss = izif_loss(*net.residuals(real), kappa=c["kappa"])
+                enc[name].zero_grad(set_to_none=True)
+                loss.backward()
+                enc[name].step()
+                out["izif" if name == "global" else "local_izif"] = loss.item()
+            return out
+
+        history = run_epochs(data, gan_step, epochs=c["gan_epochs"], batch_size=c["batch_size"], generator=g,
+                             device=self.device(), progress=progress, desc="fanogan: wgan-gp")
+        for _, net in self.nets():  # phase 2: the GAN is fixed (BatchNorm in eval mode, no gradients)
+            net.decoder.eval().requires_grad_(False)
+            net.critic.requires_grad_(False)
+        try:
+            history += run_epochs(data, encoder_step, epochs=c["epochs"], batch_size=c["batch_size"], generator=g,
+                                  device=self.device(), progress=progress, desc="fanogan: encoder")
+        finally:
+            for _, net in self.nets():
+                net.decoder.requires_grad_(True)
+                net.critic.requires_grad_(True)
+        return history
+
+    def _gan_step(self, net: FAnoGANNet, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                  real: torch.Tensor, g: torch.Generator, train_generator: bool) -> dict[str, float]:
+        c, b = self.config, real.shape[0]
+        z = rand((b, c["latent_dim"]), g, real) * 2 - 1
+        with torch.no_grad():
+            fake = net.decode(z)
+        penalty = gradient_penalty(net.critic, real, fake, rand((b,), g, real))
+        loss_d = critic_loss(net.critic(real), net.critic(fake), penalty, lambda_gp=c["lambda_gp"])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        out = {"critic": loss_d.item()}
+        if train_generator:
+            z = rand((b, c["latent_dim"]), g, real) * 2 - 1
+            loss_g = generator_loss(net.critic(net.decode(z)))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            out["generator"] = loss_g.item()
+        return out
+
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        x, x_rec, z, z_rec = self.model.residuals(x)
+        score = fanogan_score(x, x_rec, z, z_rec, kappa=c["kappa"])
+        pixel = (x - x_rec).abs().mean(1, keepdim=True)
+        if self.local is not None:
+            def patch_score(p: torch.Tensor) -> tuple[torch.Tensor]:
+                return (fanogan_score(*self.local.residuals(p), kappa=c["kappa"]),)
+
+            (s_p,) = self.local_apply(x, patch_score)
+            score = c["nu"] * score + (1 - c["nu"]) * s_p.mean(1)
+            pixel = pixel + self.spread(s_p)
+        return score, gaussian_blur(pixel, c["blur_sigma"])

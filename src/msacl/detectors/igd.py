@@ -1,0 +1,284 @@
+"""IGD: interpolated Gaussian descriptor (Chen et al. 2021), as used by MSACL (Sec. 3.3, Eq. 10-11) and
+CCD (Sec. 2.2, Eq. 5-6).
+
+An auto-encoder (f_theta any ResNet encoder + linear head, g_phi a decoder) is trained with
+
+* the reconstruction loss of Eq. 11 for one model, ``rho * MAE + (1 - rho) * (1 - MS-SSIM)``,
+* a Gaussian anomaly classifier h_psi(z) = exp(-||z - c||^2 / sigma) whose loss ``mean(1 - h)`` pulls
+  normal latents towards the centre c (c and sigma are re-estimated from the training latents at the
+  start of every epoch and after training, and kept as buffers),
+* the adversarially constrained interpolation regulariser of ACAI (Berthelot et al. 2019): a critic
+  learns to predict the coefficient alpha of decoded latent interpolations, and the auto-encoder is
+  trained to make it answer 0.
+
+Anomaly score (Eq. 10): ``s = xi * rec + (1 - xi) * (1 - h)``, where ``rec`` is Eq. 11 with the global
+(whole image) MS-SSIM m_G and, with ``local=True``, the local model's mean patch MS-SSIM m_L.
+Heat map: the global map ``rho * |x - x~| + (1 - rho) * (1 - SSIM map)`` plus the local map, each
+32 x 32 patch's own s_IGD spread over its pixels (averaged where patches overlap).
+
+>>> det = IGD(image_size=64, local=True, epochs=1)
+>>> # load_backbone_state(det.encoder.backbone, "encoder.pt"); det.local.encoder.backbone likewise
+>>> # det.fit(batches(train.images, 32), generator=make_generator(0))
+>>> # scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from msacl.detectors.base import register
+from msacl.detectors.msssim import ms_ssim, ssim_map
+from msacl.detectors.training import (
+    TwoScaleDetector,
+    check_positive,
+    check_unit,
+    config_of,
+    rand,
+    randperm,
+    run_epochs,
+)
+from msacl.models.decoders import Critic, LatentAutoencoder
+
+# ---------------------------------------------------------------- losses and scores (pure functions)
+
+
+def gaussian_descriptor(z: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """h_psi(z) = exp(-||z - c||^2 / sigma), the likelihood that z is normal (IGD; MSACL Eq. 10).
+
+    Shape:
+        z: (B, D); c: (D,); sigma: scalar.
+        returns: (B,) in (0, 1].
+    """
+    return torch.exp(-((z - c) ** 2).sum(1) / sigma)
+
+
+def gaussian_parameters(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre c = mean latent and scale sigma = mean squared distance to c of normal latents.
+
+    Shape:
+        z: (N, D).
+        returns: c (D,), sigma () (at least 1e-6, so h stays defined when all latents coincide).
+    """
+    c = z.mean(0)
+    return c, ((z - c) ** 2).sum(1).mean().clamp_min(1e-6)
+
+
+def anomaly_classification_loss(h: torch.Tensor) -> torch.Tensor:
+    """IGD Gaussian anomaly classification loss, mean(1 - h): normal latents should have high h.
+
+    Shape:
+        h: (B,) from ``gaussian_descriptor``.
+        returns: scalar.
+    """
+    return (1 - h).mean()
+
+
+def reconstruction_error(l1: torch.Tensor, m_global: torch.Tensor, m_local: torch.Tensor | None = None, *,
+                         rho: float = 0.15, nu: float = 0.5) -> torch.Tensor:
+    """Eq. 11 of MSACL (Eq. 6 of CCD): rho * ||x - x~||_1 + (1 - rho) * (1 - (nu * m_G + (1 - nu) * m_L)).
+
+    ``||x - x~||_1`` is the mean absolute error per image (the papers' "MAE"). Without a local model
+    (``m_local`` None) the MS-SSIM term is the global one alone (nu = 1).
+
+    Args:
+        rho: weight of the MAE term; 0.15 in the IGD release (0.85 on MS-SSIM).
+        nu: weight of the global MS-SSIM; 0.5 is ours (the papers give no value).
+
+    Shape:
+        l1, m_global, m_local: (B,).
+        returns: (B,).
+    """
+    m = m_global if m_local is None else nu * m_global + (1 - nu) * m_local
+    return rho * l1 + (1 - rho) * (1 - m)
+
+
+def igd_score(rec: torch.Tensor, h: torch.Tensor, *, xi: float = 0.9) -> torch.Tensor:
+    """Eq. 10 of MSACL (Eq. 5 of CCD): s_IGD = xi * l_rec + (1 - xi) * (1 - h). xi = 0.9 as the IGD release.
+
+    Shape:
+        rec, h: (B,).
+        returns: (B,), larger = more anomalous.
+    """
+    return xi * rec + (1 - xi) * (1 - h)
+
+
+def interpolation_critic_loss(pred_mix: torch.Tensor, alpha: torch.Tensor, pred_blend: torch.Tensor) -> torch.Tensor:
+    """ACAI critic loss (Berthelot et al. 2019, Eq. 2): recover alpha from a decoded interpolation, and
+    answer 0 for a blend ``gamma * x + (1 - gamma) * x~`` of an image and its reconstruction.
+
+    Shape:
+        pred_mix, alpha, pred_blend: (B,).
+        returns: scalar.
+    """
+    return ((pred_mix - alpha) ** 2).mean() + (pred_blend**2).mean()
+
+
+def interpolation_regulariser(pred_mix: torch.Tensor) -> torch.Tensor:
+    """ACAI term of the auto-encoder loss (Berthelot et al. 2019, Eq. 3): interpolations should look
+    like reconstructions to the critic (predicted alpha 0).
+
+    Shape:
+        pred_mix: (B,).
+        returns: scalar.
+    """
+    return (pred_mix**2).mean()
+
+
+# ---------------------------------------------------------------- model
+
+
+class IGDNet(LatentAutoencoder):
+    """Encoder f_theta, decoder g_phi, the interpolation critic, and the Gaussian (buffers ``c``, ``sigma``)."""
+
+    def __init__(self, arch: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
+        super().__init__(arch, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width)
+        self.critic = Critic(image_size, channels, width=width)
+        self.register_buffer("c", torch.zeros(latent_dim))
+        self.register_buffer("sigma", torch.ones(()))
+
+    def h(self, z: torch.Tensor) -> torch.Tensor:
+        return gaussian_descriptor(z, self.c, self.sigma)
+
+
+def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).abs().flatten(1).mean(1)
+
+
+@register("igd")
+class IGD(TwoScaleDetector):
+    """IGD detector on any encoder. Defaults follow the IGD release where it gives them.
+
+    Args:
+        arch: encoder architecture (weights: ``det.encoder.backbone``; local: ``det.local.encoder.backbone``).
+        image_size: training/test image size, a multiple of 32.
+        channels: image channels.
+        latent_dim: size of Z (128, IGD).
+        local: also train a local model on ``patch_size`` patches (stride ``patch_stride``).
+        patches_per_image: random patches per image in each local training step (ours: 16).
+        epochs, batch_size, lr: Adam with betas (0, 0.9), weight decay 1e-6 and polynomial decay
+            (power 0.9) per step, lr 1e-4 (IGD release); the release trains 256 epochs.
+        rho, xi: Eq. 11 / Eq. 10 weights (IGD release: 0.15, 0.9); nu: global vs local MS-SSIM (ours: 0.5).
+        w_rec, w_gauss, w_interp: loss weights of reconstruction, Gaussian classification, interpolation
+            regulariser (IGD release: 10, 0.1, 0.1).
+        gamma: blend of image and reconstruction the critic must call 0 (ACAI: 0.2).
+        freeze_encoder: keep the (pre-trained) ResNet fixed and train only head, decoder and critic.
+        width: decoder/critic width (ours: 32). init_seed: seed of the construction-time initialisation.
+    """
+
+    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
+                 patches_per_image: int = 16, epochs: int = 256, batch_size: int = 32, lr: float = 1e-4,
+                 rho: float = 0.15, xi: float = 0.9, nu: float = 0.5, w_rec: float = 10.0, w_gauss: float = 0.1,
+                 w_interp: float = 0.1, gamma: float = 0.2, freeze_encoder: bool = False, width: int = 32,
+                 init_seed: int = 0):
+        config = config_of(locals())
+        for key in ("rho", "xi", "nu", "gamma"):
+            check_unit(key, config[key])
+        check_positive("latent_dim", latent_dim)
+        super().__init__(**config)
+
+    def build_net(self, hw: tuple[int, int]) -> IGDNet:
+        c = self.config
+        return IGDNet(c["arch"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"], width=c["width"])
+
+    # -------------------------------------------------------------- training
+
+    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
+        c = self.config
+        device = self.device()
+        opts = {}
+        for name, net in self.nets():
+            params = [p for n, p in net.named_parameters() if not n.startswith("critic.")
+                      and not (c["freeze_encoder"] and n.startswith("encoder."))]
+            opts[name] = (torch.optim.Adam(params, lr=c["lr"], betas=(0.0, 0.9), weight_decay=1e-6),
+                          torch.optim.Adam(net.critic.parameters(), lr=c["lr"], betas=(0.0, 0.9)))
+            if c["freeze_encoder"]:
+                net.encoder.requires_grad_(False)
+
+        def step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+            losses = self._step(self.model, *opts["global"], x, g)
+            if self.local is not None:
+                local = self._step(self.local, *opts["local"], self.local_batch(x, g), g)
+                losses.update({f"local_{k}": v for k, v in local.items()})
+            return losses
+
+        self._latents: dict[str, list[torch.Tensor]] = {}
+        self._fresh = {name for name, _ in self.nets()}
+        history = run_epochs(data, step, epochs=c["epochs"], batch_size=c["batch_size"], generator=g,
+                             optimizers=[o for pair in opts.values() for o in pair], lr_power=0.9, device=device,
+                             progress=progress, desc="igd", on_epoch_start=self._update_gaussians)
+        self._estimate_gaussians(data, g)
+        del self._latents, self._fresh
+        return history
+
+    def _update_gaussians(self, epoch: int) -> None:
+        """Epoch start: c and sigma from the previous epoch's training latents (the first epoch starts
+        from its first batch). Training latents, not an eval-mode pass: with BatchNorm in training mode
+        they are what h sees during training, and early in training eval-mode statistics differ widely."""
+        for name, net in self.nets():
+            zs = self._latents.pop(name, [])
+            if zs:
+                net.c, net.sigma = gaussian_parameters(torch.cat(zs))
+
+    def _step(self, net: IGDNet, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
+              x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        c = self.config
+        z, x_rec = net(x)
+        key = "local" if net is self.local else "global"
+        if key in self._fresh:  # first batch of the first epoch: start h from this batch
+            net.c, net.sigma = gaussian_parameters(z.detach())
+            self._fresh.discard(key)
+        self._latents.setdefault(key, []).append(z.detach())
+        rec = reconstruction_error(_l1(x, x_rec), ms_ssim(x, x_rec), rho=c["rho"]).mean()
+        l_gauss = anomaly_classification_loss(net.h(z))
+        # ACAI: interpolate each latent with another one of the batch, alpha in [0, 0.5]
+        alpha = rand((x.shape[0],), g, z) * 0.5
+        partner = z[randperm(x.shape[0], g, z)]
+        x_mix = net.decode(alpha[:, None] * z + (1 - alpha[:, None]) * partner)
+        l_interp = interpolation_regulariser(net.critic(x_mix))
+        loss = c["w_rec"] * rec + c["w_gauss"] * l_gauss + c["w_interp"] * l_interp
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ae.step()
+
+        blend = c["gamma"] * x + (1 - c["gamma"]) * x_rec.detach()
+        l_critic = interpolation_critic_loss(net.critic(x_mix.detach()), alpha, net.critic(blend))
+        opt_critic.zero_grad(set_to_none=True)
+        l_critic.backward()
+        opt_critic.step()
+        return {"rec": rec.item(), "gauss": l_gauss.item(), "interp": l_interp.item(), "critic": l_critic.item()}
+
+    @torch.no_grad()
+    def _estimate_gaussians(self, data: torch.Tensor, g: torch.Generator) -> None:
+        """After training: c and sigma of each model from the eval-mode latents of all training images
+        (local: the same number of random patches per image as in training), as ``predict`` sees them."""
+        device, bs = self.device(), int(self.config["batch_size"])
+        for name, net in self.nets():
+            was = net.training
+            net.eval()
+            zs = []
+            for i in range(0, data.shape[0], bs):
+                x = data[i:i + bs].to(device)
+                zs.append(net.encode(self.local_batch(x, g) if name == "local" else x))
+            net.c, net.sigma = gaussian_parameters(torch.cat(zs))
+            net.train(was)
+
+    # -------------------------------------------------------------- inference
+
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        z, x_rec = self.model(x)
+        l1, m_g, h = _l1(x, x_rec), ms_ssim(x, x_rec), self.model.h(z)
+        pixel = c["rho"] * (x - x_rec).abs().mean(1, keepdim=True) + (1 - c["rho"]) * (1 - ssim_map(x, x_rec))
+        m_l = None
+        if self.local is not None:
+            def patch_terms(p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                zp, p_rec = self.local(p)
+                return _l1(p, p_rec), ms_ssim(p, p_rec), self.local.h(zp)
+
+            l1_p, m_p, h_p = self.local_apply(x, patch_terms)  # each (B, P)
+            s_p = igd_score(reconstruction_error(l1_p, m_p, rho=c["rho"]), h_p, xi=c["xi"])
+            pixel = pixel + self.spread(s_p)
+            m_l = m_p.mean(1)
+        rec = reconstruction_error(l1, m_g, m_l, rho=c["rho"], nu=c["nu"])
+        return igd_score(rec, h, xi=c["xi"]), pixel

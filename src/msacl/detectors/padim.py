@@ -1,0 +1,204 @@
+"""PaDiM: a Gaussian per patch position over multi-layer CNN features (Defard et al. 2021; MSACL Sec. 3.3).
+
+Features of layers 1-3 are concatenated at layer-1 resolution (deeper maps upsampled by nearest neighbour, as
+the reference implementation), reduced to a seeded random subset of ``d`` channels (100 for ResNet-18/34, 550
+for ResNet-50 / wide-ResNet-50), and a Gaussian N(mu_w, Sigma_w) is fitted at every position w. The statistics
+are streamed: each batch adds to a float64 sum and sum of outer products, so memory does not grow with the
+number of training images. The anomaly map is the Mahalanobis distance of MSACL Eq. 12, upsampled bilinearly to
+the image size and blurred (sigma 4); the image score is the maximum of that map.
+
+>>> # det = Padim(arch="resnet18", image_size=128)
+>>> # det.fit(batches(train.images, 32), generator=make_generator(0))
+>>> # scores, maps = det.predict(test.images[:8])    # (8,), (8, 1, 128, 128)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from msacl.detectors.base import Detector, register
+from msacl.detectors.common import LAYER_STRIDE, FrozenFeatures, check_images, check_layers, feature_grid, to_image_map
+from msacl.errors import DataError, MsaclError
+from msacl.models.encoders import build_encoder
+from msacl.runs import make_generator
+
+# d of the reference implementation: 100 of 448 channels (ResNet-18/34), 550 of 1792 (ResNet-50 family).
+_DEFAULT_D = {"resnet18": 100, "resnet34": 100, "resnet50": 550, "wide_resnet50_2": 550}
+
+
+def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """Patch scores of MSACL Eq. 12: ``sqrt((x_w - mu_w)^T Sigma_w^-1 (x_w - mu_w))`` at every position w.
+
+    Vectorised over positions as one batched matrix product.
+
+    Args:
+        embedding: patch features x_w. Shape: (B, D, P).
+        mean: mu_w. Shape: (D, P).
+        inv_cov: Sigma_w^-1. Shape: (P, D, D).
+
+    Returns:
+        Distances. Shape: (B, P).
+    """
+    delta = (embedding - mean.unsqueeze(0)).permute(2, 0, 1).contiguous()  # (P, B, D)
+    d2 = (torch.bmm(delta, inv_cov) * delta).sum(-1)  # (P, B)
+    # Rounding can push a distance of ~0 slightly below zero; sqrt would give NaN.
+    return d2.clamp_min(0).sqrt().transpose(0, 1).contiguous()
+
+
+def gaussian_from_sums(n: int, total: torch.Tensor, outer: torch.Tensor, *, eps: float = 0.01
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and regularised unbiased covariance from streamed sums (PaDiM: Sigma + eps * I, eps = 0.01).
+
+    Args:
+        n: number of samples (training images) summed.
+        total: sum over images of x_w. Shape: (D, P).
+        outer: sum over images of x_w x_w^T. Shape: (P, D, D).
+
+    Returns:
+        mean (D, P) and covariance (P, D, D), in the dtype of the sums.
+    """
+    if n < 2:
+        raise DataError(f"PaDiM needs at least 2 training images for a covariance, got {n}")
+    mean = total / n
+    mu = mean.transpose(0, 1)  # (P, D)
+    cov = (outer - n * mu.unsqueeze(2) * mu.unsqueeze(1)) / (n - 1)
+    cov += eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return mean, cov
+
+
+@register("padim")
+class Padim(Detector):
+    """PaDiM detector.
+
+    Args:
+        arch: encoder architecture (its weights are loaded by the caller into ``self.encoder.backbone``).
+        image_size: side of the square images it is fitted on; other sizes are resized to it in ``predict``.
+        layers: encoder layers whose features are concatenated (layer1-3 as in the paper).
+        n_features: size d of the random channel subset; None = 100 (ResNet-18/34) or 550 (ResNet-50 family).
+        eps: ridge added to every covariance (PaDiM: 0.01).
+        sigma: Gaussian blur of the pixel map in pixels (PaDiM: 4); 0 disables it.
+
+    Buffers (the state dict): ``channel_index`` (d,), ``mean`` (d, P), ``inv_cov`` (P, d, d) float32 and
+    ``n_train`` (number of images fitted), with P the positions of the layer-1 grid.
+    """
+
+    def __init__(self, *, arch: str = "resnet18", image_size: int = 256,
+                 layers: Sequence[str] = ("layer1", "layer2", "layer3"), n_features: int | None = None,
+                 eps: float = 0.01, sigma: float = 4.0):
+        layers = check_layers(layers)
+        super().__init__(arch=arch, image_size=int(image_size), layers=layers, n_features=n_features,
+                         eps=float(eps), sigma=float(sigma))
+        self.encoder = build_encoder(arch)
+        # Inference runs on a BatchNorm-folded channels-last copy: ~40 % less CPU time than the plain encoder.
+        self._features = FrozenFeatures()
+        self.layers = layers
+        self.image_size = int(image_size)
+        self.eps = float(eps)
+        self.sigma = float(sigma)
+        self.layer_channels = [self.encoder.channels(l) for l in layers]
+        total = sum(self.layer_channels)
+        d = _DEFAULT_D.get(arch, 100) if n_features is None else int(n_features)
+        if not 1 <= d <= total:
+            raise MsaclError(f"padim: n_features={d} must be between 1 and {total} (channels of {layers})")
+        self.grid = feature_grid(self.image_size, LAYER_STRIDE[layers[0]])
+        p = self.grid * self.grid
+        self.register_buffer("channel_index", torch.arange(d))
+        self.register_buffer("mean", torch.zeros(d, p))
+        self.register_buffer("inv_cov", torch.zeros(p, d, d))
+        self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
+
+    @property
+    def n_features(self) -> int:
+        return self.channel_index.numel()
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Selected channels of the concatenated layer features at layer-1 resolution.
+
+        Channels are selected before upsampling (same result as concatenating first, far less memory).
+
+        Shape: (B, C, S, S) -> (B, d, P), P = grid * grid.
+        """
+        feats = self._features(self.encoder, x, self.layers)
+        size = feats[self.layers[0]].shape[-2:]
+        parts, offset = [], 0
+        for layer, c in zip(self.layers, self.layer_channels, strict=True):
+            sel = self.channel_index[(self.channel_index >= offset) & (self.channel_index < offset + c)] - offset
+            offset += c
+            if sel.numel() == 0:
+                continue
+            f = feats[layer].index_select(1, sel)
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="nearest")
+            parts.append(f)
+        emb = torch.cat(parts, 1)
+        return emb.flatten(2)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.image_size, self.image_size):
+            return x
+        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
+            progress: bool = False) -> Padim:
+        """Fit the per-position Gaussians on normal images; the channel subset is drawn from ``generator``.
+
+        ``generator`` None means a generator seeded with 0, so the subset is always reproducible.
+        """
+        g = generator if generator is not None else make_generator(0)
+        total_c = sum(self.layer_channels)
+        perm = torch.randperm(total_c, generator=g, device=g.device)[: self.n_features]
+        self.channel_index.copy_(perm.sort().values.to(self.channel_index.device))
+        self.encoder.eval()
+        dev = self.mean.device
+        d, p = self.mean.shape
+        n = 0
+        total = torch.zeros(d, p, dtype=torch.float64, device=dev)
+        outer = torch.zeros(p, d, d, dtype=torch.float64, device=dev)
+        bar = tqdm(batches, desc="padim fit", unit="batch", disable=not progress,
+                   total=len(batches) if hasattr(batches, "__len__") else None)
+        for x in bar:
+            check_images(x, "padim.fit")
+            emb = self.embed(self._resize(x.to(dev))).double()  # (B, d, P)
+            total += emb.sum(0)
+            # Contiguous (P, B, d): batched GEMMs over a strided view are an order of magnitude slower on CPU.
+            e = emb.permute(2, 0, 1).contiguous()
+            # The einsum 'bdp,bep->pde', accumulated in place (no (P, d, d) temporary per batch).
+            outer.baddbmm_(e.transpose(1, 2), e)
+            n += emb.shape[0]
+        mean, cov = gaussian_from_sums(n, total, outer, eps=self.eps)
+        del outer
+        self.mean.copy_(mean.to(self.mean.dtype))
+        # Invert in chunks of positions so only a slice of float64 inverses exists at a time.
+        for i in range(0, p, 256):
+            self.inv_cov[i : i + 256] = torch.linalg.inv(cov[i : i + 256]).to(self.inv_cov.dtype)
+        self.n_train.fill_(n)
+        return self
+
+    def _check_fitted(self) -> None:
+        if int(self.n_train) == 0:
+            raise MsaclError("padim: predict called before fit (no Gaussian statistics)")
+
+    @torch.no_grad()
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 12 on the layer-1 grid. Shape: (B, C, H, W) -> (B, grid, grid)."""
+        self._check_fitted()
+        check_images(x, "padim.predict")
+        self.encoder.eval()
+        emb = self.embed(self._resize(x.to(self.mean.device)))
+        return mahalanobis_map(emb, self.mean, self.inv_cov).view(-1, self.grid, self.grid)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); images are resized to ``image_size`` first."""
+        in_size = tuple(x.shape[-2:])
+        maps = to_image_map(self.patch_scores(x), (self.image_size, self.image_size), self.sigma)
+        if in_size != (self.image_size, self.image_size):
+            maps = F.interpolate(maps, size=in_size, mode="bilinear", align_corners=False)
+        return maps.flatten(1).amax(1), maps

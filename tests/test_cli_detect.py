@@ -1,0 +1,225 @@
+"""`msacl fit` / `test` / `predict` end to end on the synthetic data set, for every registered detector."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+from msacl.cli.main import main
+from msacl.detectors import REGISTRY
+
+FAST = {"padim": [], "patchcore": []}
+# Trained detectors: one tiny epoch is enough to check the plumbing.
+OTHERS = sorted(set(REGISTRY) - set(FAST))
+
+
+def _tiny(name: str) -> list[str]:
+    from msacl.cli.detect import detector_defaults
+
+    sets = []
+    defaults = detector_defaults(REGISTRY[name])
+    for key, value in (("epochs", 1), ("batch_size", 16), ("width", 8), ("latent_dim", 16)):
+        if key in defaults:
+            sets += ["--set", f"{key}={value}"]
+    return sets
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def fitted_runs(synthetic_data, tmp_path_factory) -> dict[str, Path]:
+    runs = {}
+    for name in list(FAST):
+        run = tmp_path_factory.mktemp("runs") / name
+        assert main(["fit", "--detector", name, "--data", str(synthetic_data), "--out", str(run), "--quiet",
+                     "--seed", "3"]) == 0
+        runs[name] = run
+    return runs
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_fit_writes_a_complete_run(fitted_runs, name):
+    run = fitted_runs[name]
+    for f in ("config.yaml", "command.txt", "meta.json", "detector.pt", "threshold.json", "holdout.txt"):
+        assert (run / f).is_file(), f
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["detector"] == name and cfg["data"]["image_size"] == 64 and cfg["seed"] == 3
+    assert cfg["detector_kwargs"]["image_size"] == 64
+    # 10% of the 64 training images held out, never fitted on; the threshold comes from their maps.
+    held = (run / "holdout.txt").read_text().split()
+    assert len(held) == 6 and all("train" in h for h in held)
+    thr = json.loads((run / "threshold.json").read_text())
+    assert isinstance(thr["threshold"], float) and "0.99 quantile" in thr["rule"]
+    fit = json.loads((run / "fit.json").read_text())
+    assert fit["n_train"] == 58 and fit["n_holdout"] == 6
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_test_writes_metrics_scores_and_report(fitted_runs, name, capsys, synthetic_data):
+    run = fitted_runs[name]
+    code, out, _ = cli(capsys, "test", "--run", run)
+    assert code == 0
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "iou", "dice", "iou_oracle", "dice_oracle", "threshold"):
+        assert m[key] is not None, key
+    assert m["image_auroc"] > 0.6 and m["pixel_auroc"] > 0.6
+    assert m["threshold"] == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])
+    with open(run / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 48 and {r["label"] for r in rows} == {"0", "1"}
+    assert all(Path(r["path"]).is_file() for r in rows)
+    assert (run / "report.html").is_file() and "report" in out and "image AUROC" in out
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_predict_folder_file_and_other_size(fitted_runs, name, capsys, synthetic_data, tmp_path):
+    run = fitted_runs[name]
+    src = synthetic_data / "test" / "abnormal"
+    code, out, _ = cli(capsys, "predict", "--run", run, src, "--out", tmp_path / "p")
+    assert code == 0
+    with open(tmp_path / "p" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(list(src.iterdir())) == 24
+    assert all((tmp_path / "p" / r["heatmap"]).is_file() for r in rows)
+    assert all(0 <= float(r["lesion_fraction"]) <= 1 for r in rows)
+    # A single image of another size is resized to the fitted size.
+    from PIL import Image
+
+    one = tmp_path / "big.png"
+    Image.open(next(src.iterdir())).convert("RGB").resize((90, 90)).save(one)
+    assert cli(capsys, "predict", "--run", run, one, "--out", tmp_path / "q")[0] == 0
+    assert (tmp_path / "q" / "big_heatmap.png").is_file()
+
+
+def test_predict_reads_dicom(fitted_runs, capsys, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 48
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (torch.arange(48 * 48, dtype=torch.int16) % 4000).numpy().astype("<u2").tobytes()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    ds.save_as(folder / "case1.dcm", enforce_file_format=True)
+    code, _, err = cli(capsys, "predict", "--run", fitted_runs["padim"], folder, "--out", tmp_path / "d")
+    assert code == 0, err
+    assert (tmp_path / "d" / "case1_heatmap.png").is_file()
+
+
+def test_same_seed_gives_identical_scores(fitted_runs, synthetic_data, capsys, tmp_path):
+    run2 = tmp_path / "again"
+    assert cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", run2, "--quiet",
+               "--seed", "3")[0] == 0
+    a = torch.load(fitted_runs["padim"] / "detector.pt", weights_only=True)["state_dict"]
+    b = torch.load(run2 / "detector.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_encoder_from_pretrain_run_dir_is_loaded(synthetic_data, capsys, tmp_path):
+    torch.manual_seed(11)
+    state = torchvision.models.resnet18().state_dict()
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    torch.save(state, pre / "encoder.pt")
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", run, "--quiet",
+                       "--encoder", pre, "--holdout", "0", "--set", "n_features=20")
+    assert code == 0, err
+    saved = torch.load(run / "detector.pt", weights_only=True)
+    assert saved["config"]["n_features"] == 20
+    sd = saved["state_dict"]
+    assert torch.equal(sd["encoder.backbone.layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])
+    thr = json.loads((run / "threshold.json").read_text())
+    assert thr["threshold"] is None and not (run / "holdout.txt").exists()
+    # No threshold: test still runs and reports the oracle only.
+    assert cli(capsys, "test", "--run", run, "--no-report")[0] == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["iou"] is None and m["iou_oracle"] is not None
+
+
+def test_val_with_masks_sets_best_dice_threshold(synthetic_data, capsys, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    for sub in ("normal", "abnormal", "masks"):
+        (data / "val" / sub).mkdir(parents=True)
+        for p in sorted((data / "test" / sub).iterdir())[:4]:
+            shutil.copy(p, data / "val" / sub / p.name)
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "fit", "--detector", "padim", "--data", data, "--out", run, "--quiet",
+                         "--set", "n_features=20")
+    assert code == 0, err
+    thr = json.loads((run / "threshold.json").read_text())
+    assert "best mean Dice" in thr["rule"] and isinstance(thr["threshold"], float)
+    assert not (run / "holdout.txt").exists()
+    assert json.loads((run / "fit.json").read_text())["n_train"] == 64
+
+
+def test_print_config_and_bad_settings(synthetic_data, capsys, tmp_path):
+    code, out, _ = cli(capsys, "fit", "--detector", "patchcore", "--data", synthetic_data, "--out", tmp_path / "r",
+                       "--set", "coreset_ratio=0.05", "--print-config")
+    assert code == 0
+    cfg = yaml.safe_load(out)
+    assert cfg["detector_kwargs"]["coreset_ratio"] == 0.05 and cfg["detector_kwargs"]["layers"] == ["layer2", "layer3"]
+    assert not (tmp_path / "r").exists()
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
+                       "--set", "n_feature=20")
+    assert code == 1 and "n_feature" in err and "valid settings" in err and "n_features" in err
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
+                       "--encoder", tmp_path / "nope.pt")
+    assert code == 1 and "nope.pt" in err and "not found" in err
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
+                       "--encoder-local", tmp_path / "nope.pt")
+    assert code == 1 and "--encoder-local" in err and "no local" in err
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", tmp_path / "missing", "--out", tmp_path / "r")
+    assert code == 1 and "missing" in err
+
+
+def test_test_and_predict_explain_a_bad_run_dir(capsys, tmp_path):
+    code, _, err = cli(capsys, "test", "--run", tmp_path / "nowhere")
+    assert code == 1 and "nowhere" in err and "not found" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "predict", "--run", tmp_path / "empty", tmp_path, "--out", tmp_path / "o")
+    assert code == 1 and "not a fitted run" in err and "msacl fit" in err
+
+
+def test_refuses_to_overwrite_a_fitted_run(fitted_runs, synthetic_data, capsys):
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", fitted_runs["padim"])
+    assert code == 1 and "--force" in err
+
+
+# F-anoGAN's two training stages take ~50 s even at one epoch on 2 CPU cores.
+SLOW = {"fanogan"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in OTHERS])
+def test_other_detectors_end_to_end(name, synthetic_data, capsys, tmp_path):
+    run = tmp_path / name
+    code, _, err = cli(capsys, "fit", "--detector", name, "--data", synthetic_data, "--out", run, "--quiet",
+                       *_tiny(name))
+    assert code == 0, err
+    code, _, err = cli(capsys, "test", "--run", run, "--no-report")
+    assert code == 0, err
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["image_auroc"] is not None and m["pixel_auroc"] is not None
+    code, _, err = cli(capsys, "predict", "--run", run, synthetic_data / "test" / "normal", "--out", tmp_path / "p")
+    assert code == 0, err

@@ -1,0 +1,114 @@
+"""F-anoGAN: WGAN-GP terms, encoder loss and CCD Eq. 7 against loops, and fit/predict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from msacl.detectors.base import Detector, batches
+from msacl.detectors.fanogan import (
+    FAnoGAN,
+    critic_loss,
+    fanogan_score,
+    generator_loss,
+    gradient_penalty,
+    izif_loss,
+)
+from msacl.models.decoders import Critic
+from msacl.runs import make_generator
+
+
+def train_images(request: pytest.FixtureRequest, n: int, size: int) -> torch.Tensor:
+    """Normal training images of the session's synthetic set, or random images where it is not available."""
+    try:
+        root = request.getfixturevalue("synthetic_data")
+    except pytest.FixtureLookupError:
+        return torch.rand(n, 3, size, size, generator=make_generator(7))
+    from msacl.data import load_split
+
+    return load_split(root, "train", image_size=size).images[:n]
+
+
+def test_gradient_penalty_matches_a_per_sample_loop():
+    g = make_generator(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        critic = Critic(32, 3, width=4)
+    real, fake = torch.rand(3, 3, 32, 32, generator=g), torch.rand(3, 3, 32, 32, generator=g)
+    eps = torch.rand(3, generator=g)
+    got = gradient_penalty(critic, real, fake, eps)
+    for i in range(3):
+        x_hat = (eps[i] * real[i:i + 1] + (1 - eps[i]) * fake[i:i + 1]).requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat)
+        ref = (math.sqrt(sum(v.item() ** 2 for v in grad.flatten())) - 1) ** 2
+        assert math.isclose(got[i].item(), ref, rel_tol=1e-4)
+    # the penalty is differentiable w.r.t. the critic (it is part of the critic's loss)
+    got.mean().backward()
+    weights = [p for name, p in critic.named_parameters() if name.endswith("weight")]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in weights)
+
+
+def test_wgan_losses_match_their_definitions():
+    g = make_generator(1)
+    d_real, d_fake, pen = (torch.randn(5, generator=g) for _ in range(3))
+    ref = sum(d_fake.tolist()) / 5 - sum(d_real.tolist()) / 5 + 10 * sum(pen.tolist()) / 5
+    assert math.isclose(critic_loss(d_real, d_fake, pen).item(), ref, rel_tol=1e-5)
+    assert math.isclose(generator_loss(d_fake).item(), -sum(d_fake.tolist()) / 5, rel_tol=1e-5)
+
+
+def test_izif_loss_and_eq7_score_match_loops():
+    g = make_generator(2)
+    x, x_rec = torch.rand(2, 1, 4, 4, generator=g), torch.rand(2, 1, 4, 4, generator=g)
+    z, z_rec = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    kappa = 0.7
+    s = fanogan_score(x, x_rec, z, z_rec, kappa=kappa)
+    mse_x = mse_z = 0.0
+    for i in range(2):
+        dx = [(a - b) ** 2 for a, b in zip(x[i].flatten().tolist(), x_rec[i].flatten().tolist(), strict=True)]
+        dz = [(a - b) ** 2 for a, b in zip(z[i].tolist(), z_rec[i].tolist(), strict=True)]
+        ref = math.sqrt(sum(dx)) / math.sqrt(16) + kappa * math.sqrt(sum(dz)) / math.sqrt(3)
+        assert math.isclose(s[i].item(), ref, rel_tol=1e-5)
+        mse_x += sum(dx) / 32
+        mse_z += sum(dz) / 6
+    assert math.isclose(izif_loss(x, x_rec, z, z_rec, kappa=kappa).item(), mse_x + kappa * mse_z, rel_tol=1e-5)
+
+
+SMALL = {"image_size": 32, "gan_epochs": 2, "epochs": 1, "batch_size": 4, "n_critic": 2, "width": 8,
+         "latent_dim": 16}
+
+
+def test_fit_predict_save_load_and_seeds(request, tmp_path):
+    x = train_images(request, 8, 32)
+    det = FAnoGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
+    assert [set(h) for h in det.history] == [{"critic", "generator"}, {"critic", "generator"}, {"izif"}]
+    assert all(math.isfinite(v) for h in det.history for v in h.values())
+    z = det.model.encode(x[:2])
+    assert z.abs().max() <= 1  # the encoder lands in the generator's [-1, 1] prior
+    scores, maps = det.predict(x[:3])
+    assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
+    assert torch.isfinite(scores).all() and (scores > 0).all() and (maps >= 0).all()
+
+    det.save(tmp_path / "f.pt")
+    s2, m2 = Detector.load(tmp_path / "f.pt").predict(x[:3])
+    assert torch.equal(s2, scores) and torch.equal(m2, maps)
+    again = FAnoGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
+    assert torch.equal(again.predict(x[:3])[0], scores)
+
+
+def test_encoder_phase_leaves_the_gan_fixed(request):
+    x = train_images(request, 4, 32)
+    cfg = {**SMALL, "gan_epochs": 1, "epochs": 0}
+    gan_only = FAnoGAN(**cfg).fit(batches(x, 4), generator=make_generator(0))
+    both = FAnoGAN(**{**cfg, "epochs": 2}).fit(batches(x, 4), generator=make_generator(0))
+    for part in ("decoder", "critic"):
+        a, b = getattr(gan_only.model, part).state_dict(), getattr(both.model, part).state_dict()
+        assert all(torch.equal(v, b[k]) for k, v in a.items()), part
+    assert not torch.equal(gan_only.model.head.weight, both.model.head.weight)
+
+
+@pytest.mark.parametrize("bad", [{"n_critic": 0}, {"nu": -0.1}, {"image_size": 40}])
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        FAnoGAN(**{**SMALL, **bad})

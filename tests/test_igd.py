@@ -1,0 +1,150 @@
+"""IGD: each loss and score against a loop written from MSACL Eq. 10-11 / CCD Eq. 5-6, and fit/predict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from msacl.detectors.base import Detector, batches
+from msacl.detectors.igd import (
+    IGD,
+    anomaly_classification_loss,
+    gaussian_descriptor,
+    gaussian_parameters,
+    igd_score,
+    interpolation_critic_loss,
+    interpolation_regulariser,
+    reconstruction_error,
+)
+from msacl.errors import DataError
+from msacl.models.encoders import load_backbone_state
+from msacl.runs import make_generator
+
+
+def train_images(request: pytest.FixtureRequest, n: int, size: int) -> torch.Tensor:
+    """Normal training images of the session's synthetic set, or random images where it is not available."""
+    try:
+        root = request.getfixturevalue("synthetic_data")
+    except pytest.FixtureLookupError:
+        return torch.rand(n, 3, size, size, generator=make_generator(7))
+    from msacl.data import load_split
+
+    return load_split(root, "train", image_size=size).images[:n]
+
+
+# ---------------------------------------------------------------- maths against naive references
+
+
+def test_gaussian_descriptor_and_parameters_match_loops():
+    g = make_generator(0)
+    z, c = torch.randn(5, 4, generator=g), torch.randn(4, generator=g)
+    sigma = 2.5
+    ref = torch.tensor([math.exp(-sum((z[i, j] - c[j]).item() ** 2 for j in range(4)) / sigma) for i in range(5)])
+    assert torch.allclose(gaussian_descriptor(z, c, sigma), ref, atol=1e-6)
+    c_hat, s_hat = gaussian_parameters(z)
+    c_ref = torch.tensor([sum(z[i, j].item() for i in range(5)) / 5 for j in range(4)])
+    s_ref = sum(sum((z[i, j].item() - c_ref[j].item()) ** 2 for j in range(4)) for i in range(5)) / 5
+    assert torch.allclose(c_hat, c_ref, atol=1e-6) and math.isclose(s_hat.item(), s_ref, rel_tol=1e-5)
+    assert torch.allclose(gaussian_descriptor(c[None], c, sigma), torch.ones(1))  # h(c) = 1
+
+
+def test_reconstruction_error_and_score_follow_eq_10_11():
+    g = make_generator(1)
+    l1, m_g, m_l, h = (torch.rand(6, generator=g) for _ in range(4))
+    rho, nu, xi = 0.3, 0.6, 0.8
+    rec = reconstruction_error(l1, m_g, m_l, rho=rho, nu=nu)
+    for i in range(6):
+        ref = rho * l1[i] + (1 - rho) * (1 - (nu * m_g[i] + (1 - nu) * m_l[i]))
+        assert math.isclose(rec[i].item(), ref.item(), rel_tol=1e-6)
+        s = xi * ref + (1 - xi) * (1 - h[i])
+        assert math.isclose(igd_score(rec, h, xi=xi)[i].item(), s.item(), rel_tol=1e-6)
+    # without a local model the MS-SSIM term is the global one (nu = 1)
+    assert torch.allclose(reconstruction_error(l1, m_g, rho=rho), reconstruction_error(l1, m_g, m_l, rho=rho, nu=1.0))
+    # paper defaults: rho 0.15, xi 0.9
+    assert torch.allclose(igd_score(reconstruction_error(l1, m_g), h),
+                          0.9 * (0.15 * l1 + 0.85 * (1 - m_g)) + 0.1 * (1 - h))
+
+
+def test_classification_and_interpolation_losses_match_loops():
+    g = make_generator(2)
+    h, pred_mix, alpha, pred_blend = (torch.rand(7, generator=g) for _ in range(4))
+    assert math.isclose(anomaly_classification_loss(h).item(), sum(1 - v.item() for v in h) / 7, rel_tol=1e-6)
+    ref = sum((pred_mix[i].item() - alpha[i].item()) ** 2 for i in range(7)) / 7 + \
+        sum(v.item() ** 2 for v in pred_blend) / 7
+    assert math.isclose(interpolation_critic_loss(pred_mix, alpha, pred_blend).item(), ref, rel_tol=1e-6)
+    assert math.isclose(interpolation_regulariser(pred_mix).item(), sum(v.item() ** 2 for v in pred_mix) / 7,
+                        rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- the detector
+
+SMALL = {"image_size": 32, "epochs": 1, "batch_size": 4, "width": 8, "latent_dim": 16}
+
+
+def test_construction_is_deterministic_and_leaves_the_global_rng_alone():
+    before = torch.random.get_rng_state()
+    a, b = IGD(**SMALL), IGD(**SMALL)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.equal(IGD(**SMALL, init_seed=1).model.head.weight, a.model.head.weight)
+
+
+def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(request, tmp_path, capsys):
+    x = train_images(request, 8, 32)
+    det = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(0), progress=True)
+    assert "igd" in capsys.readouterr().err  # the tqdm bar goes to stderr
+    assert set(det.history[0]) == {"rec", "gauss", "interp", "critic"}
+    assert all(math.isfinite(v) for v in det.history[0].values())
+    assert det.model.sigma.item() != 1.0 and det.model.c.abs().sum() > 0  # re-estimated from latents
+    scores, maps = det.predict(x[:3])
+    assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all() and (maps >= 0).all()
+
+    det.save(tmp_path / "igd.pt")
+    loaded = Detector.load(tmp_path / "igd.pt")
+    s2, m2 = loaded.predict(x[:3])
+    assert isinstance(loaded, IGD) and torch.equal(s2, scores) and torch.equal(m2, maps)
+
+    again = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(0))
+    assert torch.equal(again.predict(x[:3])[0], scores)
+    other = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(1))
+    assert not torch.equal(other.predict(x[:3])[0], scores)
+
+
+def test_local_model_adds_a_patch_map_and_loads_its_own_encoder(request, tmp_path):
+    x = train_images(request, 4, 64)
+    cfg = {**SMALL, "image_size": 64, "local": True, "patches_per_image": 2}
+    det = IGD(**cfg)
+    assert isinstance(det.local.encoder.backbone, torchvision.models.ResNet)
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), tmp_path / "local.pt")
+    load_backbone_state(det.local.encoder.backbone, tmp_path / "local.pt")
+    assert torch.equal(det.local.encoder.backbone.conv1.weight, ref.conv1.weight)
+    assert not torch.equal(det.encoder.backbone.conv1.weight, ref.conv1.weight)  # global encoder untouched
+
+    det.fit(batches(x, 4), generator=make_generator(0))
+    assert "local_rec" in det.history[0]
+    scores, maps = det.predict(x[:2])
+    assert scores.shape == (2,) and maps.shape == (2, 1, 64, 64) and torch.isfinite(maps).all()
+    # the global part alone is smaller than global + local (the local map is a positive s_IGD per patch)
+    det_global = IGD(**{**cfg, "local": False})
+    det_global.model.load_state_dict(det.model.state_dict())
+    _, maps_global = det_global.predict(x[:2])
+    assert (maps > maps_global).all()
+
+
+def test_bad_input_and_settings_are_named():
+    det = IGD(**SMALL)
+    with pytest.raises(DataError, match=r"expected images of shape \(B, 3, 32, 32\).*got \(2, 3, 64, 64\)"):
+        det.predict(torch.rand(2, 3, 64, 64))
+    with pytest.raises(DataError, match="in \\[0, 1\\]"):
+        det.predict(torch.rand(2, 3, 32, 32) * 255)
+    with pytest.raises(DataError, match="at least 2 training images"):
+        det.fit([torch.rand(1, 3, 32, 32)])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        IGD(image_size=50)
+    with pytest.raises(ValueError, match="rho must be in"):
+        IGD(image_size=32, rho=1.5)
