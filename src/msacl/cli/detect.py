@@ -24,7 +24,6 @@ import csv
 import inspect
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +103,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
         p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
         p.add_argument("--no-report", action="store_true", help="skip report.html")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
         add_seed(p)
     elif verb == "predict":
         p.add_argument("--run", required=True, metavar="RUN", help="run directory written by `msacl fit`")
@@ -119,20 +119,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise MsaclError(f"--device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MsaclError(f"--device {name}: CUDA is not available on this machine")
-    return dev
 
 
 def detector_defaults(cls: type) -> dict[str, Any]:
@@ -181,30 +167,6 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
     return cfg, set(given)
 
 
-def _encoder_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        if (p / "encoder.pt").is_file():
-            return p / "encoder.pt"
-        raise CheckpointError(f"{p}: a folder without encoder.pt (expected an `msacl pretrain` run directory)")
-    if not p.is_file():
-        raise CheckpointError(f"{p}: encoder weights not found")
-    return p
-
-
-def _load_encoder(det: Any, path: str, attr: str) -> None:
-    from msacl.models.encoders import load_backbone_state
-
-    target = det
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            flag = "--encoder-local" if attr.startswith("local") else "--encoder"
-            hint = " (set local=true)" if attr.startswith("local") and "local" in det.config else ""
-            raise MsaclError(f"{flag}: the {det.name} detector has no {attr}{hint}")
-    load_backbone_state(target.backbone, _encoder_file(path))
-
-
 def _open_run(path: str) -> tuple[Path, dict[str, Any]]:
     import yaml
 
@@ -232,42 +194,16 @@ def _read_threshold(run: Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: unreadable ({e})") from None
 
 
-def _predict_all(det: Any, images: Any, batch_size: int, device: Any, *, progress: bool = True,
-                 desc: str = "predict") -> tuple[Any, Any]:
-    import torch
-    from tqdm.auto import tqdm
-
-    from msacl.detectors import batches
-
-    scores, maps = [], []
-    n = math.ceil(images.shape[0] / batch_size)
-    for x in tqdm(batches(images, batch_size), total=n, desc=desc, unit="batch", disable=not progress):
-        s, m = det.predict(x.to(device))
-        scores.append(s.float().cpu())
-        maps.append(m.float().cpu())
-    return torch.cat(scores), torch.cat(maps)
-
-
-def _write_skipped(run: Path, sets: list[Any]) -> None:
-    skipped = [f"{p}\t{why}" for s in sets for p, why in s.skipped]
-    if skipped:
-        (run / "skipped_files.txt").write_text("\n".join(skipped) + "\n")
-        info(f"skipped {len(skipped)} unreadable file(s); listed in {run / 'skipped_files.txt'}")
-
-
 # ---------------------------------------------------------------------------------------------------- fit
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import time
-
-    import torch
     import yaml
 
-    from msacl.data import load_split
-    from msacl.detectors import REGISTRY, batches, build_detector
-    from msacl.metrics import select_threshold
-    from msacl.runs import RunDir, make_generator, write_json
+    from msacl.data import load_split, write_skipped
+    from msacl.detectors import REGISTRY
+    from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device
+    from msacl.runs import RunDir, write_json
 
     if args.detector not in REGISTRY:
         raise MsaclError(f"detector {args.detector!r} is not available in this installation "
@@ -305,7 +241,7 @@ def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "detector.pt").exists() and not args.force:
         raise MsaclError(f"{out}: already holds a fitted detector; use another --out or --force")
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     load = {"layout": args.layout, "channels": args.channels, "on_bad_file": args.on_bad_file,
             "cache_dir": args.cache_dir}
@@ -326,55 +262,31 @@ def _fit(args: argparse.Namespace) -> int:
         if val.masks is None or not bool(val.masks.any()):
             info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
             val = None
-    g = make_generator(args.seed)
-    held = None
-    if val is None and args.holdout > 0:
-        n_hold = max(1, round(args.holdout * len(train)))
-        if len(train) - n_hold < 2:
-            raise DataError(f"{args.data}: {len(train)} training images are too few to hold out {n_hold} "
-                            f"(use --holdout 0)")
-        perm = torch.randperm(len(train), generator=g)
-        held, train = train.subset(perm[:n_hold].sort().values), train.subset(perm[n_hold:].sort().values)
-
-    # The encoder's random init comes from torch's global generator: seed it here, in the CLI, so a
-    # fit is repeatable.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        try:
-            det = build_detector(args.detector, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise MsaclError(f"{args.detector}: {e}") from None
+    det = build_seeded(args.detector, kwargs, args.seed)
     if args.encoder:
-        _load_encoder(det, args.encoder, "encoder")
+        load_encoder(det, args.encoder, "encoder")
     if args.encoder_local:
-        _load_encoder(det, args.encoder_local, "local.encoder")
+        load_encoder(det, args.encoder_local, "local.encoder")
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")
-    _write_skipped(run.path, [train] + ([held] if held is not None else []) + ([val] if val is not None else []))
+    n_skipped = write_skipped(run.path, *[s for s in (train, val) if s is not None])
+    if n_skipped:
+        info(f"skipped {n_skipped} unreadable file(s); listed in {run.path / 'skipped_files.txt'}")
     info(f"fitting {args.detector} on {len(train)} images of {image_size} px ({device})")
-    det.to(device)
-    t0 = time.perf_counter()
-    det.fit(batches(train.images, config["batch_size"]), generator=g, progress=not args.quiet)
-    fit_s = time.perf_counter() - t0
-
-    threshold: dict[str, Any] = {"threshold": None, "rule": "none: no val/ masks and --holdout 0"}
-    if val is not None:
-        _, vmaps = _predict_all(det, val.images, config["batch_size"], device, progress=not args.quiet,
-                                desc="val maps")
-        t, rule = select_threshold(vmaps, val.masks)
-        threshold = {"threshold": t, "rule": rule, "display_range": [float(vmaps.min()), float(vmaps.max())]}
-    elif held is not None:
-        _, hmaps = _predict_all(det, held.images, config["batch_size"], device, progress=not args.quiet,
-                                desc="held-out maps")
-        t, rule = select_threshold(hmaps, None, quantile=0.99)
-        threshold = {"threshold": t, "rule": rule, "display_range": [float(hmaps.min()), float(hmaps.max())]}
+    try:
+        fit = fit_detector(det, train, val=val, holdout=args.holdout, seed=args.seed,
+                           batch_size=config["batch_size"], device=device, progress=not args.quiet)
+    except DataError as e:
+        raise DataError(f"{args.data}: {e}") from None
+    threshold, fit_s, held = fit.threshold, fit.fit_seconds, fit.held_out
+    if held is not None:
         (run.path / "holdout.txt").write_text("\n".join(held.paths) + "\n")
     write_json(run.path / "threshold.json", threshold)
     det.cpu().save(run.path / "detector.pt")
-    write_json(run.path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": len(train),
+    write_json(run.path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
                                        "n_holdout": 0 if held is None else len(held), "image_size": image_size})
-    print(f"fitted {args.detector} on {len(train)} images in {fit_s:.1f} s -> {run.path / 'detector.pt'}")
+    print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {run.path / 'detector.pt'}")
     if threshold["threshold"] is not None:
         print(f"threshold {threshold['threshold']:.4g} ({threshold['rule']})")
     print(f"next: msacl test --run {run.path}")
@@ -385,10 +297,10 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from msacl.data import load_split
+    from msacl.data import load_split, write_skipped
     from msacl.detectors import Detector
-    from msacl.metrics import evaluate
-    from msacl.runs import make_generator, write_json
+    from msacl.pipeline import resolve_device, test_detector
+    from msacl.runs import write_json
 
     run, cfg = _open_run(args.run)
     data_cfg = cfg.get("data", {})
@@ -400,20 +312,19 @@ def _test(args: argparse.Namespace) -> int:
         info(f"--image-size {args.image_size} ignored: the detector was fitted at {size} px, images are "
              f"resized to that")
     det = Detector.load(run / "detector.pt")
-    device = _device(args.device)
-    det.to(device)
+    device = resolve_device(args.device)
     test = load_split(data, "test", image_size=size, channels=args.channels or data_cfg.get("channels", 3),
                       layout=args.layout or data_cfg.get("layout", "folder"), on_bad_file=args.on_bad_file,
                       cache_dir=args.cache_dir)
-    _write_skipped(run, [test])
+    n_skipped = write_skipped(run, test)
+    if n_skipped:
+        info(f"skipped {n_skipped} unreadable file(s); listed in {run / 'skipped_files.txt'}")
     if len(test) == 0:
         raise DataError(f"{data}: no test images")
-    scores, maps = _predict_all(det, test.images, args.batch_size, device, desc="test")
     thr = _read_threshold(run)
-    has_masks = test.masks is not None
-    metrics = evaluate(scores, test.labels, maps if has_masks else None, test.masks,
-                       threshold=thr.get("threshold"), generator=make_generator(args.seed))
-    if has_masks and thr.get("threshold") is not None:
+    metrics, scores, maps = test_detector(det, test, threshold=thr.get("threshold"), seed=args.seed,
+                                          batch_size=args.batch_size, device=device, progress=not args.quiet)
+    if test.masks is not None and thr.get("threshold") is not None:
         metrics["threshold_rule"] = thr.get("rule")
     metrics["detector"] = cfg.get("detector")
     metrics["test_data"] = str(data)
@@ -485,6 +396,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from msacl.data import read_image
     from msacl.detectors import Detector
+    from msacl.pipeline import resolve_device
     from msacl.report.plots import heatmap_png
 
     run, cfg = _open_run(args.run)
@@ -493,7 +405,7 @@ def _predict(args: argparse.Namespace) -> int:
     src = Path(args.input)
     files = _list_inputs(src)
     det = Detector.load(run / "detector.pt")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     det.to(device)
     thr = _read_threshold(run)
     # One colour scale for every image (the range of the maps the threshold was set on), so a calm image

@@ -1,0 +1,166 @@
+"""Fit a detector and score a split: the steps ``msacl fit`` / ``msacl test`` and ``msacl bench`` share.
+
+The threshold rule for IoU / Dice (see ``msacl.metrics``): best Dice on a validation split with lesion masks
+when the data has one; otherwise a fraction ``holdout`` of train/normal is held out from fitting and the
+threshold is the 0.99 quantile of the pixel scores of those held-out normal images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msacl.data.types import ImageSet
+from msacl.detectors import Detector, batches, build_detector
+from msacl.errors import CheckpointError, DataError, MsaclError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise MsaclError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MsaclError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def encoder_file(path: str | Path) -> Path:
+    """``encoder.pt`` of an ``msacl pretrain`` run directory, or the weights file itself."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "encoder.pt").is_file():
+            return p / "encoder.pt"
+        raise CheckpointError(f"{p}: a folder without encoder.pt (expected an `msacl pretrain` run directory)")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: encoder weights not found")
+    return p
+
+
+def load_encoder(det: Detector, path: str | Path, attr: str = "encoder") -> None:
+    """Load backbone weights from ``path`` into ``det.<attr>.backbone`` (``attr`` may be dotted: local.encoder)."""
+    from msacl.models.encoders import load_backbone_state
+
+    target: Any = det
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            flag = "--encoder-local" if attr.startswith("local") else "--encoder"
+            hint = " (set local=true)" if attr.startswith("local") and "local" in det.config else ""
+            raise MsaclError(f"{flag}: the {det.name} detector has no {attr}{hint}")
+    load_backbone_state(target.backbone, encoder_file(path))
+
+
+def predict_all(det: Detector, images: torch.Tensor, batch_size: int, device: torch.device | str = "cpu", *,
+                progress: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (N,) and maps (N, 1, H, W) of a whole split, batch by batch, on CPU."""
+    from tqdm.auto import tqdm
+
+    scores, maps = [], []
+    n = math.ceil(images.shape[0] / batch_size)
+    for x in tqdm(batches(images, batch_size), total=n, desc=desc, unit="batch", disable=not progress):
+        s, m = det.predict(x.to(device))
+        scores.append(s.float().cpu())
+        maps.append(m.float().cpu())
+    return torch.cat(scores), torch.cat(maps)
+
+
+def hold_out(train: ImageSet, fraction: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet | None]:
+    """Split ``fraction`` of the training images off (seeded) for choosing the threshold."""
+    if not 0 <= fraction < 1:
+        raise MsaclError(f"holdout must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return train, None
+    n_hold = max(1, round(fraction * len(train)))
+    if len(train) - n_hold < 2:
+        raise DataError(f"{len(train)} training images are too few to hold out {n_hold} (use --holdout 0)")
+    perm = torch.randperm(len(train), generator=generator)
+    return train.subset(perm[n_hold:].sort().values), train.subset(perm[:n_hold].sort().values)
+
+
+@dataclass
+class FitResult:
+    detector: Detector
+    threshold: dict[str, Any]
+    fit_seconds: float
+    n_train: int
+    held_out: ImageSet | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
+    """Build a detector whose random initialisation depends on ``seed`` only.
+
+    torch initialises layers from its global generator; it is forked and seeded here so that library
+    callers never see their global RNG changed and the same seed gives the same detector.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return build_detector(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise MsaclError(f"{name}: {e}") from None
+
+
+def fit_detector(
+    det: Detector,
+    train: ImageSet,
+    *,
+    val: ImageSet | None = None,
+    holdout: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> FitResult:
+    """Fit ``det`` on the normal images of ``train`` and choose the IoU / Dice threshold (module docstring)."""
+    from msacl.metrics import select_threshold
+    from msacl.runs import make_generator
+
+    g = make_generator(seed)
+    held = None
+    if val is not None and (val.masks is None or not bool(val.masks.any())):
+        val = None
+    if val is None:
+        train, held = hold_out(train, holdout, g)
+    det.to(device)
+    t0 = time.perf_counter()
+    det.fit(batches(train.images, batch_size), generator=g, progress=progress)
+    fit_s = time.perf_counter() - t0
+    threshold: dict[str, Any] = {"threshold": None, "rule": "none: no val/ masks and no held-out normals"}
+    if val is not None:
+        _, vmaps = predict_all(det, val.images, batch_size, device, progress=progress, desc="val maps")
+        t, rule = select_threshold(vmaps, val.masks)
+        threshold = {"threshold": t, "rule": rule, "display_range": [float(vmaps.min()), float(vmaps.max())]}
+    elif held is not None:
+        _, hmaps = predict_all(det, held.images, batch_size, device, progress=progress, desc="held-out maps")
+        t, rule = select_threshold(hmaps, None, quantile=0.99)
+        # display_range: one colour scale for every heat map of `msacl predict` (the range of these maps).
+        threshold = {"threshold": t, "rule": rule, "display_range": [float(hmaps.min()), float(hmaps.max())]}
+    return FitResult(det, threshold, fit_s, len(train), held)
+
+
+def test_detector(det: Detector, test: ImageSet, *, threshold: float | None = None, seed: int = 0,
+                  batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = False,
+                  ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Metrics (``msacl.metrics.evaluate``), scores (N,) and maps (N, 1, H, W) of a test split."""
+    from msacl.metrics import evaluate
+    from msacl.runs import make_generator
+
+    if len(test) == 0:
+        raise DataError("no test images")
+    t0 = time.perf_counter()
+    scores, maps = predict_all(det.to(device), test.images, batch_size, device, progress=progress, desc="test")
+    test_s = time.perf_counter() - t0
+    has_masks = test.masks is not None and bool(test.masks.any())
+    metrics = evaluate(scores, test.labels, maps if has_masks else None, test.masks if has_masks else None,
+                       threshold=threshold, generator=make_generator(seed))
+    metrics["test_seconds"] = round(test_s, 3)
+    return metrics, scores, maps
