@@ -1,0 +1,32 @@
+"""Self-supervised pre-training: MSACL, CCD, SimCLR and RotNet on one Lightning Fabric engine.
+
+>>> # from msacl.pretrain import PretrainConfig, pretrain
+>>> # enc = pretrain(PretrainConfig(method="msacl", epochs=200), train, "runs/msacl", test=test)
+>>> # torchvision.models.resnet18().load_state_dict(torch.load(enc, weights_only=True))
+"""
+
+from msacl.pretrain.config import METHODS, PretrainConfig
+from msacl.pretrain.engine import (
+    NonFiniteLossError,
+    compute_centres,
+    load_checkpoint,
+    make_fabric,
+    pretrain,
+    step_losses,
+)
+from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
+
+__all__ = [
+    "METHODS",
+    "Batch",
+    "Method",
+    "NonFiniteLossError",
+    "PretrainConfig",
+    "PretrainNet",
+    "build_method",
+    "compute_centres",
+    "load_checkpoint",
+    "make_fabric",
+    "pretrain",
+    "step_losses",
+]

@@ -1,0 +1,121 @@
+"""Settings of a pre-training run; defaults are the papers' (MSACL Sec. 4.2, CCD Sec. 3.2).
+
+>>> from msacl.config import apply_overrides
+>>> apply_overrides(PretrainConfig(), ["loss.tau=0.1", "method=ccd"]).loss.tau
+0.1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from msacl.config import ConfigError
+
+METHODS = ("msacl", "ccd", "simclr", "rotnet")
+
+# Strong family used when ``strong`` is left empty: MedMix for MSACL (Sec. 3.2); permutation for CCD,
+# its best family on colonoscopy (CCD Sec. 3.3); RotNet rotates; SimCLR has no strong augmentation.
+DEFAULT_STRONG = {"msacl": "medmix", "ccd": "permutation", "rotnet": "rotation", "simclr": None}
+
+
+@dataclass
+class DataOptions:
+    """How the training images were read (recorded so a run directory says what it was trained on)."""
+
+    root: str | None = None
+    layout: str = "folder"
+    image_size: int | None = None
+    channels: int = 3
+    on_bad_file: str = "error"
+    cache_dir: str | None = None
+
+
+@dataclass
+class ModelOptions:
+    """Encoder f_theta = backbone + MLP projection head into Z (MSACL Sec. 4.2: ResNet-18, Z = 128)."""
+
+    arch: str = "resnet18"
+    init: str | None = None  # a local torchvision state-dict file (e.g. ImageNet weights); never downloaded
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    pos_hidden: int = 128
+
+
+@dataclass
+class LossOptions:
+    """Hyper-parameters of the losses and the weights of Eq. 1 (all 1 in both papers)."""
+
+    tau: float = 0.2  # CCD Sec. 3.2; used by every contrastive loss of the engine
+    alpha: float = 2.0  # MSACL Eq. 7: not given by the paper; > 1 as its text requires; 1 = no calibration
+    squared_centring: bool = False  # MSACL Eq. 3 with ||.||_2 (False) or ||.||_2^2 (True)
+    ccd_negatives: Literal["same", "all"] = "same"  # CCD Eq. 2: same strong augmentation only
+    w_ctr: float = 1.0
+    w_con: float = 1.0
+    w_aug: float = 1.0
+    w_pos: float = 1.0
+    patch_frac: float = 0.75  # patch side / grid cell side of the patch-position task
+
+
+@dataclass
+class OptimOptions:
+    """SGD with momentum (both papers) and a cosine learning-rate schedule."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # not given by the papers; a common SSL value
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pre-training run.
+
+    ``batch_size`` is the global batch (the papers' 32): under DDP each of W processes takes
+    batch_size / W images, and the contrastive losses see all of them.
+    """
+
+    method: Literal["msacl", "ccd", "simclr", "rotnet"] = "msacl"
+    strong: str | None = None  # None: DEFAULT_STRONG[method]
+    scope: Literal["global", "local"] = "global"
+    local_size: int = 32  # side of the local model's patches (both papers)
+    epochs: int = 200  # CCD pre-trains 2000 epochs; MSACL does not say
+    batch_size: int = 32
+    seed: int = 0
+    checkpoint_every: int = 10  # epochs
+    sync_batchnorm: bool = True  # under multi-GPU DDP; BatchNorm statistics over the global batch
+    tsne: bool = True  # RUN/tsne.png of the test split after training (MSACL Fig. 1)
+    tsne_max_images: int = 2000
+    weak: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of WeakAugment
+    strong_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of build_strong
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    loss: LossOptions = field(default_factory=LossOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+
+    def strong_family(self) -> str | None:
+        """The strong augmentation family this run uses (None for SimCLR)."""
+        if self.method == "simclr":
+            return None
+        if self.method == "rotnet":
+            return "rotation"
+        return self.strong or DEFAULT_STRONG[self.method]
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings no run can use."""
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (contrastive negatives), got {self.batch_size}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.local_size >= 8, f"local_size must be >= 8, got {self.local_size}"),
+            (self.loss.tau > 0, f"loss.tau must be > 0, got {self.loss.tau}"),
+            (self.loss.alpha > 0, f"loss.alpha must be > 0, got {self.loss.alpha}"),
+            (0 < self.loss.patch_frac < 1, f"loss.patch_frac must be in (0, 1), got {self.loss.patch_frac}"),
+            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        if self.method in ("simclr", "rotnet") and self.strong not in (None, self.strong_family()):
+            raise ConfigError(f"method {self.method} takes no --strong (got {self.strong!r})")

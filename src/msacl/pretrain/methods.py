@@ -1,0 +1,286 @@
+"""The four pre-training methods as (inputs, loss terms) recipes over one network.
+
+A method turns a batch of training images into the encoder's inputs (:meth:`Method.make_batch`) and the
+network's outputs into named loss terms (:meth:`Method.losses`). The network never sees a loss and the
+losses never see the network, so the engine can gather outputs across ranks in between.
+
+========  ======================================  ==============================
+method    inputs per training image               loss terms (Eq. 1 of each paper)
+========  ======================================  ==============================
+msacl     K strong classes x 2 weak views + pair  ctr + con (Eq. 3-7) + aug + pos
+ccd       K strong classes x 2 weak views + pair  con (CCD Eq. 2) + aug + pos
+simclr    2 weak views                            con (NT-Xent)
+rotnet    1 weak view x 4 rotations               aug (4-way rotation)
+========  ======================================  ==============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from msacl.augment import WeakAugment, build_strong
+from msacl.models.encoders import Encoder, build_encoder
+from msacl.models.heads import AugClassifier, PatchPositionHead, ProjectionHead
+from msacl.pretrain import losses as L
+from msacl.pretrain.config import PretrainConfig
+from msacl.pretrain.patches import grid_geometry, patch_pairs, random_crops
+
+
+class PretrainNet(nn.Module):
+    """f_theta (backbone + projection head) with the pretext heads f_beta and f_gamma.
+
+    Args:
+        encoder: backbone returning pooled features (B, encoder.out_dim).
+        num_classes: K classes of f_beta; 0 or 1 leaves f_beta out.
+        with_position: build f_gamma.
+
+    Shape:
+        views: (N, C, H, W) -> ``z`` (N, Z) and ``logits`` (N, K);
+        patches: (2P, C, p, p), P centres then their P neighbours -> ``pos_logits`` (P, 8).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        num_classes: int,
+        with_position: bool,
+        proj_hidden: int = 512,
+        proj_dim: int = 128,
+        pos_hidden: int = 128,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = ProjectionHead(encoder.out_dim, proj_hidden, proj_dim)
+        self.classifier = AugClassifier(proj_dim, num_classes) if num_classes > 1 else None
+        self.position = PatchPositionHead(proj_dim, pos_hidden) if with_position else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """f_theta(x) in Z. Shape: (N, C, H, W) -> (N, Z)."""
+        return self.projection(self.encoder(x))
+
+    def forward(self, views: torch.Tensor, patches: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        z = self.embed(views)
+        out = {"z": z}
+        if self.classifier is not None:
+            out["logits"] = self.classifier(z)
+        if patches is not None:
+            if self.position is None:
+                raise ValueError("this network has no patch-position head")
+            zp = self.embed(patches)
+            p = zp.shape[0] // 2
+            out["pos_logits"] = self.position(zp[:p], zp[p:])
+        return out
+
+
+@dataclass
+class Batch:
+    """Encoder inputs of one step, laid out image-major as (B, K, V) so that gathering along B works.
+
+    Attributes:
+        views: augmented samples, flat index (i * K + n) * V + l. Shape: (B * K * V, C, S, S).
+        labels: strong class n of each sample. Shape: (B * K * V,).
+        patches: patch-position centres then neighbours, or None. Shape: (2B, C, p, p).
+        pos_labels: neighbour position 0..7, or None. Shape: (B,).
+    """
+
+    views: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    num_views: int
+    patches: torch.Tensor | None = None
+    pos_labels: torch.Tensor | None = None
+
+    @property
+    def encoder_images(self) -> int:
+        """Images put through the encoder this step (throughput counts every one)."""
+        return self.views.shape[0] + (0 if self.patches is None else self.patches.shape[0])
+
+
+class Method:
+    """Base recipe; see the module table."""
+
+    name = "base"
+    num_views = 2
+    uses_centres = False
+    uses_strong = True
+    pos_term = False
+
+    def __init__(self, cfg: PretrainConfig, *, image_size: int):
+        self.cfg = cfg
+        family = cfg.strong_family()
+        self.strong = build_strong(family, **cfg.strong_kwargs) if (family and self.uses_strong) else None
+        self.num_classes = self.strong.num_classes if self.strong is not None else 1
+        self.local = cfg.scope == "local"
+        if self.local and image_size < cfg.local_size:
+            raise ValueError(f"local scope needs images of at least {cfg.local_size} px, got {image_size}")
+        self.input_size = cfg.local_size if self.local else image_size
+        self.weak = WeakAugment(self.input_size, **cfg.weak)
+        self.with_position = self.pos_term and cfg.loss.w_pos > 0
+        if self.with_position:
+            # Fail at start-up, not at the first step, if the images cannot hold a 3 x 3 grid.
+            grid_geometry(image_size, image_size, self.pos_patch, patch_frac=cfg.loss.patch_frac)
+
+    @property
+    def pos_patch(self) -> int | None:
+        return self.cfg.local_size if self.local else None
+
+    def build_network(self) -> PretrainNet:
+        m = self.cfg.model
+        return PretrainNet(
+            build_encoder(m.arch, m.init),
+            num_classes=self.num_classes,
+            with_position=self.with_position,
+            proj_hidden=m.proj_hidden,
+            proj_dim=m.proj_dim,
+            pos_hidden=m.pos_hidden,
+        )
+
+    def _inputs(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_crops(x, self.cfg.local_size, generator=generator) if self.local else x
+
+    def _strong_all_classes(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image under every strong class n = 0..K-1, image-major. Shape: (B*K, C, H, W), (B*K,)."""
+        b, k = x.shape[0], self.num_classes
+        labels = torch.arange(k, device=x.device).repeat(b)
+        if self.strong is None:
+            return x, labels
+        # MedMix / CutPaste cut lesions from *other* normal images: image i takes its patches from i - 1.
+        sources = x.roll(1, dims=0).repeat_interleave(k, dim=0)
+        out = self.strong(x.repeat_interleave(k, dim=0), labels, generator=generator, sources=sources)
+        return out.images, labels
+
+    def make_batch(self, x: torch.Tensor, *, generator: torch.Generator) -> Batch:
+        """Inputs of one training step from normal images x. Shape: x (B, C, H, W)."""
+        full = x
+        x = self._inputs(x, generator)
+        s, labels = self._strong_all_classes(x, generator)
+        views = torch.stack([self.weak(s, generator=generator) for _ in range(self.num_views)], dim=1)
+        batch = Batch(
+            views=views.flatten(0, 1),
+            labels=labels.repeat_interleave(self.num_views),
+            num_classes=self.num_classes,
+            num_views=self.num_views,
+        )
+        if self.with_position:
+            c, n, batch.pos_labels = patch_pairs(
+                full, generator=generator, patch=self.pos_patch, patch_frac=self.cfg.loss.patch_frac
+            )
+            batch.patches = torch.cat([c, n])
+        return batch
+
+    def centre_batch(self, x: torch.Tensor, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 2 samples: each image under every strong class, then one weak view. Shape: (B*K, ...), (B*K,)."""
+        s, labels = self._strong_all_classes(self._inputs(x, generator), generator)
+        return self.weak(s, generator=generator), labels
+
+    def weights(self) -> dict[str, float]:
+        w = self.cfg.loss
+        return {"ctr": w.w_ctr, "con": w.w_con, "aug": w.w_aug, "pos": w.w_pos}
+
+    def terms(
+        self, out: dict[str, torch.Tensor], batch: Batch, centres: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def losses(
+        self, out: dict[str, torch.Tensor], batch: Batch, centres: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms and their weighted sum ``loss`` (Eq. 1), computed in float32."""
+        out = {k: v.float() for k, v in out.items()}
+        terms = self.terms(out, batch, centres)
+        weights = self.weights()
+        terms["loss"] = L.weighted_total(terms, {k: weights.get(k, 1.0) for k in terms})
+        return terms
+
+    def _zb(self, out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        z = out["z"]
+        return z.view(-1, batch.num_classes, batch.num_views, z.shape[-1])
+
+    def _pos(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        if not self.with_position:
+            return {}
+        return {"pos": L.patch_position_loss(out["pos_logits"], batch.pos_labels)}
+
+
+class MSACL(Method):
+    """MSACL Eq. 1: l_ctr + l_MSACL + l_aug + l_pos."""
+
+    name = "msacl"
+    uses_centres = True
+    pos_term = True
+
+    def terms(self, out, batch, centres):
+        if centres is None:
+            raise ValueError("MSACL needs the class centres c_n (Eq. 2)")
+        lo = self.cfg.loss
+        return {
+            "ctr": L.multi_centring_loss(out["z"], batch.labels, centres, squared=lo.squared_centring),
+            "con": L.msacl_contrastive_loss(self._zb(out, batch), centres, tau=lo.tau, alpha=lo.alpha),
+            "aug": L.augmentation_loss(out["logits"], batch.labels),
+            **self._pos(out, batch),
+        }
+
+
+class CCD(Method):
+    """CCD Eq. 1: l_con + l_cla + l_pos."""
+
+    name = "ccd"
+    pos_term = True
+
+    def terms(self, out, batch, centres):
+        lo = self.cfg.loss
+        return {
+            "con": L.ccd_contrastive_loss(self._zb(out, batch), tau=lo.tau, negatives=lo.ccd_negatives),
+            "aug": L.augmentation_loss(out["logits"], batch.labels),
+            **self._pos(out, batch),
+        }
+
+
+class SimCLR(Method):
+    """SimCLR baseline: NT-Xent over two weak views."""
+
+    name = "simclr"
+    uses_strong = False
+
+    def terms(self, out, batch, centres):
+        return {"con": L.nt_xent_loss(self._zb(out, batch)[:, 0], tau=self.cfg.loss.tau)}
+
+
+class RotNet(Method):
+    """RotNet baseline (Gidaris et al. 2018): classify which of 4 rotations was applied to a weak view."""
+
+    name = "rotnet"
+    num_views = 1
+    uses_strong = False
+
+    def __init__(self, cfg: PretrainConfig, *, image_size: int):
+        super().__init__(cfg, image_size=image_size)
+        self.num_classes = 4
+
+    def _strong_all_classes(self, x, generator):
+        b = x.shape[0]
+        rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1)
+        return rotated.flatten(0, 1), torch.arange(4, device=x.device).repeat(b)
+
+    def make_batch(self, x, *, generator):
+        # Rotate the weak view (not the reverse) so the crop never reveals the rotation by its shape.
+        v = self.weak(self._inputs(x, generator), generator=generator)
+        views, labels = self._strong_all_classes(v, generator)
+        return Batch(views=views, labels=labels, num_classes=4, num_views=1)
+
+    def terms(self, out, batch, centres):
+        return {"aug": L.augmentation_loss(out["logits"], batch.labels)}
+
+
+METHOD_CLASSES: dict[str, type[Method]] = {m.name: m for m in (MSACL, CCD, SimCLR, RotNet)}
+
+
+def build_method(cfg: PretrainConfig, *, image_size: int) -> Method:
+    """The recipe of ``cfg.method`` for square training images of side ``image_size``."""
+    if cfg.method not in METHOD_CLASSES:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHOD_CLASSES)}")
+    return METHOD_CLASSES[cfg.method](cfg, image_size=image_size)
