@@ -37,6 +37,21 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
 
 
+@pytest.fixture(scope="session")
+def synthetic_train(synthetic_data: Path):
+    """``synthetic_train(n, size)``: the first n normal training images of the synthetic set at size px."""
+    from msacl.data import load_split
+
+    cache: dict[int, torch.Tensor] = {}
+
+    def get(n: int, size: int) -> torch.Tensor:
+        if size not in cache:
+            cache[size] = load_split(synthetic_data, "train", image_size=size).images
+        return cache[size][:n]
+
+    return get
+
+
 def write_test_image(path: Path, size: int | tuple[int, int] = 16, *, mode: str = "RGB", value: int = 128) -> Path:
     """A small constant image (any Pillow mode and format, chosen by the suffix) for building data trees."""
     from PIL import Image

@@ -23,18 +23,6 @@ from msacl.detectors.training import extract_patches, patch_grid, run_epochs, sa
 from msacl.models.decoders import Critic, Decoder, LatentAutoencoder
 from msacl.runs import make_generator
 
-
-def train_images(request: pytest.FixtureRequest, n: int, size: int) -> torch.Tensor:
-    """Normal training images of the session's synthetic set, or random images where it is not available."""
-    try:
-        root = request.getfixturevalue("synthetic_data")
-    except pytest.FixtureLookupError:
-        return torch.rand(n, 3, size, size, generator=make_generator(7))
-    from msacl.data import load_split
-
-    return load_split(root, "train", image_size=size).images[:n]
-
-
 # ---------------------------------------------------------------- maths
 
 
@@ -141,8 +129,8 @@ SMALL = {"image_size": 32, "epochs": 1, "batch_size": 4, "width": 8, "latent_dim
 
 
 @pytest.mark.parametrize("cls", [MSSSIMAutoencoder, DAE])
-def test_fit_predict_save_load_and_seeds(cls, request, tmp_path):
-    x = train_images(request, 8, 32)
+def test_fit_predict_save_load_and_seeds(cls, synthetic_train, tmp_path):
+    x = synthetic_train(8, 32)
     det = cls(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     scores, maps = det.predict(x[:3])
     assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
@@ -156,8 +144,8 @@ def test_fit_predict_save_load_and_seeds(cls, request, tmp_path):
     assert not torch.equal(cls(**SMALL).fit(batches(x, 4), generator=make_generator(5)).predict(x[:3])[0], scores)
 
 
-def test_msssim_ae_score_is_one_minus_ms_ssim_of_its_reconstruction(request):
-    x = train_images(request, 4, 32)
+def test_msssim_ae_score_is_one_minus_ms_ssim_of_its_reconstruction(synthetic_train):
+    x = synthetic_train(4, 32)
     det = MSSSIMAutoencoder(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     with torch.no_grad():
         x_rec = det.model(x)[1]
@@ -166,8 +154,8 @@ def test_msssim_ae_score_is_one_minus_ms_ssim_of_its_reconstruction(request):
 
 
 @pytest.mark.parametrize("cls", [MSSSIMAutoencoder, DAE])
-def test_local_models_change_score_and_map(cls, request):
-    x = train_images(request, 4, 64)
+def test_local_models_change_score_and_map(cls, synthetic_train):
+    x = synthetic_train(4, 64)
     det = cls(**{**SMALL, "image_size": 64, "local": True, "patches_per_image": 2})
     det.fit(batches(x, 4), generator=make_generator(0))
     assert "local_loss" in det.history[0]

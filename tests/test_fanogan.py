@@ -20,17 +20,6 @@ from msacl.models.decoders import Critic
 from msacl.runs import make_generator
 
 
-def train_images(request: pytest.FixtureRequest, n: int, size: int) -> torch.Tensor:
-    """Normal training images of the session's synthetic set, or random images where it is not available."""
-    try:
-        root = request.getfixturevalue("synthetic_data")
-    except pytest.FixtureLookupError:
-        return torch.rand(n, 3, size, size, generator=make_generator(7))
-    from msacl.data import load_split
-
-    return load_split(root, "train", image_size=size).images[:n]
-
-
 def test_gradient_penalty_matches_a_per_sample_loop():
     g = make_generator(0)
     with torch.random.fork_rng(devices=[]):
@@ -79,8 +68,8 @@ SMALL = {"image_size": 32, "gan_epochs": 2, "epochs": 1, "batch_size": 4, "n_cri
          "latent_dim": 16}
 
 
-def test_fit_predict_save_load_and_seeds(request, tmp_path):
-    x = train_images(request, 8, 32)
+def test_fit_predict_save_load_and_seeds(synthetic_train, tmp_path):
+    x = synthetic_train(8, 32)
     det = FAnoGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     assert [set(h) for h in det.history] == [{"critic", "generator"}, {"critic", "generator"}, {"izif"}]
     assert all(math.isfinite(v) for h in det.history for v in h.values())
@@ -97,8 +86,8 @@ def test_fit_predict_save_load_and_seeds(request, tmp_path):
     assert torch.equal(again.predict(x[:3])[0], scores)
 
 
-def test_encoder_phase_leaves_the_gan_fixed(request):
-    x = train_images(request, 4, 32)
+def test_encoder_phase_leaves_the_gan_fixed(synthetic_train):
+    x = synthetic_train(4, 32)
     cfg = {**SMALL, "gan_epochs": 1, "epochs": 0}
     gan_only = FAnoGAN(**cfg).fit(batches(x, 4), generator=make_generator(0))
     both = FAnoGAN(**{**cfg, "epochs": 2}).fit(batches(x, 4), generator=make_generator(0))

@@ -23,18 +23,6 @@ from msacl.errors import DataError
 from msacl.models.encoders import load_backbone_state
 from msacl.runs import make_generator
 
-
-def train_images(request: pytest.FixtureRequest, n: int, size: int) -> torch.Tensor:
-    """Normal training images of the session's synthetic set, or random images where it is not available."""
-    try:
-        root = request.getfixturevalue("synthetic_data")
-    except pytest.FixtureLookupError:
-        return torch.rand(n, 3, size, size, generator=make_generator(7))
-    from msacl.data import load_split
-
-    return load_split(root, "train", image_size=size).images[:n]
-
-
 # ---------------------------------------------------------------- maths against naive references
 
 
@@ -92,8 +80,8 @@ def test_construction_is_deterministic_and_leaves_the_global_rng_alone():
     assert not torch.equal(IGD(**SMALL, init_seed=1).model.head.weight, a.model.head.weight)
 
 
-def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(request, tmp_path, capsys):
-    x = train_images(request, 8, 32)
+def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(synthetic_train, tmp_path, capsys):
+    x = synthetic_train(8, 32)
     det = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(0), progress=True)
     assert "igd" in capsys.readouterr().err  # the tqdm bar goes to stderr
     assert set(det.history[0]) == {"rec", "gauss", "interp", "critic"}
@@ -114,8 +102,8 @@ def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(request, tmp_pa
     assert not torch.equal(other.predict(x[:3])[0], scores)
 
 
-def test_local_model_adds_a_patch_map_and_loads_its_own_encoder(request, tmp_path):
-    x = train_images(request, 4, 64)
+def test_local_model_adds_a_patch_map_and_loads_its_own_encoder(synthetic_train, tmp_path):
+    x = synthetic_train(4, 64)
     cfg = {**SMALL, "image_size": 64, "local": True, "patches_per_image": 2}
     det = IGD(**cfg)
     assert isinstance(det.local.encoder.backbone, torchvision.models.ResNet)

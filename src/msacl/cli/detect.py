@@ -139,20 +139,12 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
     """
     import yaml
 
-    from msacl.config import ConfigError
+    from msacl.config import ConfigError, read_yaml_mapping
 
     cfg = detector_defaults(cls)
     given: dict[str, Any] = {}
     if config_file:
-        p = Path(config_file)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: must be a mapping of {cls.name} settings")
+        data = read_yaml_mapping(config_file)
         data = data.get("detector_kwargs", data)  # also accept a run's config.yaml
         given.update(data)
     for item in overrides:
