@@ -1,19 +1,91 @@
-"""CLI verb(s) served by this module (filled in by its issue)."""
+"""``msacl bench``: the papers' tables on the shared data sets, resumable, with wall times."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+from pathlib import Path
 
+from msacl.cli.common import info
 from msacl.errors import MsaclError
 
 
 def examples(verb: str) -> str:
-    return ""
+    return """\
+examples:
+  msacl bench --data-root ../shared/data --out runs/bench                       # cpu profile, all data sets
+  msacl bench --data-root ../shared/data --data kvasir_seg_patch128 --tables table2 fig6_right
+  msacl bench --profile paper --data-root /data/msacl --out runs/paper --device cuda
+  msacl bench --plan                                                             # list the jobs, run nothing
+
+Re-running the same command skips finished jobs and resumes interrupted pre-training. Results:
+OUT/results.jsonl (one line per job), OUT/tables.md, OUT/tables.json, OUT/fig6_left.png, OUT/fig6_right.png,
+OUT/table3.png.
+"""
 
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
-    pass
+    from msacl.bench.grid import DATASETS
+
+    p.add_argument("--profile", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: reduced to fit two cores (default); paper: the papers' settings, for GPUs")
+    p.add_argument("--data", nargs="+", default=None, metavar="NAME",
+                   help=f"data sets under --data-root (default: all of {', '.join(DATASETS)})")
+    p.add_argument("--data-root", default=os.environ.get("MSACL_DATA_ROOT", "../shared/data"), metavar="DIR",
+                   help="folder holding the data sets (default: $MSACL_DATA_ROOT or ../shared/data)")
+    p.add_argument("--tables", nargs="+", default=None, metavar="KEY",
+                   help="table1 table2 table3 fig6_left fig6_right (default: all)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per row (default: 3)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="override pre-training epochs")
+    p.add_argument("--imagenet", default=None, metavar="PATH",
+                   help="a local ImageNet ResNet-18 state dict used instead of random init for the baseline rows")
+    p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    p.add_argument("--plan", action="store_true", help="print the jobs and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise MsaclError(f"'{args.verb}' is not implemented yet")
+    import dataclasses
+    import time
+
+    from msacl.bench.grid import DATASETS, PROFILES, tables
+    from msacl.bench.runner import plan, run_grid
+    from msacl.bench.tables import aggregate, write_tables
+
+    profile = dataclasses.replace(PROFILES[args.profile])
+    if args.epochs is not None:
+        profile.pretrain_epochs = args.epochs
+        profile.reductions = tuple(r for r in profile.reductions if "pre-training epochs" not in r) + (
+            f"{args.epochs} pre-training epochs instead of 2000",)
+    seeds = args.seeds or profile.seeds
+    all_tables = tables(profile.ablation_detector, profile.family_detector)
+    if args.tables:
+        unknown = sorted(set(args.tables) - {t.key for t in all_tables})
+        if unknown:
+            raise MsaclError(f"unknown table(s) {unknown}; choose from {[t.key for t in all_tables]}")
+        all_tables = [t for t in all_tables if t.key in args.tables]
+    datasets = list(args.data or DATASETS)
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise MsaclError(f"unknown data set(s) {unknown}; the bench knows {list(DATASETS)}")
+    jobs = plan(all_tables, datasets, seeds)
+    if args.plan:
+        for j in jobs:
+            print(f"{j.dataset:22} {j.variant:18} {j.detector:10} seed {j.seed}")
+        print(f"{len(jobs)} jobs")
+        return 0
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    records = run_grid(profile, all_tables, Path(args.data_root), out, datasets, seeds=seeds,
+                       imagenet=args.imagenet, device=args.device, progress=not args.quiet, log=info)
+    header = (f"# msacl bench, profile `{profile.name}`, {seeds} seed(s)\n\n"
+              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. "
+              f"Command: `msacl bench --profile {profile.name} --data {' '.join(datasets)} --seeds {seeds}"
+              f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}`. "
+              f"This invocation ran {time.perf_counter() - t0:.0f} s.")
+    files = write_tables(aggregate(all_tables, records, datasets), profile, out, header)
+    print(files["markdown"].read_text())
+    print(f"tables: {files['markdown']}  {files['json']}")
+    return 0

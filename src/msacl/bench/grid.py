@@ -1,0 +1,160 @@
+"""What ``msacl bench`` runs: pre-training variants, detector rows, the papers' tables and two profiles.
+
+A *job* is one (data set, pre-training variant, detector, seed). Jobs are shared between tables: MSACL-PaDiM
+on Kvasir is computed once and appears in Table 1, Table 3 and Fig. 6 right.
+
+The shared data sets stand in for the papers' (see ``../shared/data/README.md``):
+Hyper-Kvasir -> kvasir_seg_patch128, LAG -> odir_fundus_256, Covid-X -> kermany_cxr_224,
+Liu et al. -> pneumoniamnist_28 is NOT a stand-in (different modality); it is a fast extra set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Pre-training variants: name -> PretrainConfig overrides (dotted keys). "random" means no pre-training.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "random": {},
+    "simclr": {"method": "simclr"},
+    "rotnet": {"method": "rotnet"},
+    "ccd": {"method": "ccd"},  # permutation (colonoscopy; CCD Sec. 3.3) unless the data set says otherwise
+    "ccd+medmix": {"method": "ccd", "strong": "medmix"},
+    "msacl-nokappa": {"method": "msacl", "loss.alpha": 1.0},
+    "msacl": {"method": "msacl"},
+    "msacl-cutout": {"method": "msacl", "strong": "cutout"},
+    "msacl-noise": {"method": "msacl", "strong": "noise"},
+    "msacl-rotation": {"method": "msacl", "strong": "rotation"},
+    "msacl-permutation": {"method": "msacl", "strong": "permutation"},
+}
+
+# CCD uses rotation on fundus images (CCD Sec. 3.3: "for the LAG dataset ... rotation").
+CCD_STRONG = {"odir_fundus_256": "rotation"}
+
+DATASETS = ("kvasir_seg_patch128", "pneumoniamnist_28", "brain_tumor_mri_224", "odir_fundus_256", "kermany_cxr_224")
+PAPER_NAME = {
+    "kvasir_seg_patch128": "Kvasir patches (for Hyper-Kvasir)",
+    "pneumoniamnist_28": "PneumoniaMNIST",
+    "brain_tumor_mri_224": "Brain MRI",
+    "odir_fundus_256": "ODIR glaucoma (for LAG)",
+    "kermany_cxr_224": "Kermany CXR (for Covid-X)",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    variant: str
+    detector: str
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    rows: tuple[Row, ...]
+    datasets: tuple[str, ...]  # empty: every selected data set
+    metrics: tuple[str, ...] = ("image_auroc",)
+
+
+def _rows(*spec: tuple[str, str, str]) -> tuple[Row, ...]:
+    return tuple(Row(*s) for s in spec)
+
+
+def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> list[Table]:
+    """The papers' tables and figures as job lists (MSACL Tables 1-3, Fig. 6)."""
+    return [
+        Table("table1", "Table 1: anomaly detection, image AUROC", _rows(
+            ("DAE", "random", "dae"),
+            ("F-anoGAN", "random", "fanogan"),
+            ("MS-SSIM AE", "random", "msssim_ae"),
+            ("PatchCore", "random", "patchcore"),
+            ("PaDiM", "random", "padim"),
+            ("CCD - PaDiM", "ccd", "padim"),
+            ("MSACL - PaDiM", "msacl", "padim"),
+            ("IGD", "random", "igd"),
+            ("CCD - IGD", "ccd", "igd"),
+            ("MSACL - IGD", "msacl", "igd"),
+        ), ()),
+        Table("table2", "Table 2: anomaly segmentation on Kvasir patches, IoU / Dice", _rows(
+            ("PaDiM", "random", "padim"),
+            ("CCD - PaDiM", "ccd", "padim"),
+            ("MSACL - PaDiM", "msacl", "padim"),
+            ("IGD", "random", "igd"),
+            ("CCD - IGD", "ccd", "igd"),
+            ("MSACL - IGD", "msacl", "igd"),
+        ), ("kvasir_seg_patch128",), ("iou", "dice", "pixel_auroc", "iou_oracle", "dice_oracle")),
+        Table("table3", f"Table 3: ablation of MSACL components ({ablation_detector}), image AUROC", _rows(
+            ("CCD", "ccd", ablation_detector),
+            ("+ MedMix", "ccd+medmix", ablation_detector),
+            ("+ MSACL loss (kappa off)", "msacl-nokappa", ablation_detector),
+            ("+ kappa(n, m) = MSACL", "msacl", ablation_detector),
+        ), ("kvasir_seg_patch128", "odir_fundus_256")),
+        Table("fig6_left", f"Fig. 6 left: strong augmentation families under MSACL ({family_detector})", _rows(
+            ("Cutout", "msacl-cutout", family_detector),
+            ("Gaussian noise", "msacl-noise", family_detector),
+            ("Rotation", "msacl-rotation", family_detector),
+            ("Permutation", "msacl-permutation", family_detector),
+            ("MedMix", "msacl", family_detector),
+        ), ("kvasir_seg_patch128", "kermany_cxr_224")),
+        Table("fig6_right", "Fig. 6 right: self-supervised methods under PaDiM", _rows(
+            ("Random init", "random", "padim"),
+            ("SimCLR", "simclr", "padim"),
+            ("RotNet", "rotnet", "padim"),
+            ("CCD", "ccd", "padim"),
+            ("MSACL", "msacl", "padim"),
+        ), ("kvasir_seg_patch128",)),
+    ]
+
+
+@dataclass
+class Profile:
+    """Settings of a benchmark run. ``cpu`` is reduced to fit two cores; ``paper`` is the papers' set-up."""
+
+    name: str
+    image_size: dict[str, int]
+    pretrain_epochs: int
+    pretrain_batch: int
+    seeds: int
+    detector_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    local: bool = False  # IGD / AE / F-anoGAN local (32 x 32 patch) models and local pre-training
+    ablation_detector: str = "padim"
+    family_detector: str = "padim"
+    reductions: tuple[str, ...] = ()
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        image_size={d: 64 for d in DATASETS} | {"pneumoniamnist_28": 32},
+        pretrain_epochs=15,
+        pretrain_batch=32,
+        seeds=3,
+        detector_kwargs={
+            "igd": {"epochs": 15},
+            "fanogan": {"epochs": 15},
+            "msssim_ae": {"epochs": 15},
+            "dae": {"epochs": 15},
+        },
+        local=False,
+        reductions=(
+            "images resized to 64 px (32 px for PneumoniaMNIST) instead of 256 px (64 px for Liu et al.)",
+            "15 pre-training epochs instead of 2000",
+            "15 training epochs for IGD, F-anoGAN, MS-SSIM AE and DAE",
+            "global models only: no local 32 x 32 patch models for IGD / AE / F-anoGAN",
+            "Fig. 6 left uses PaDiM instead of IGD",
+            "random-init encoders stand in for the papers' ImageNet weights (nothing is downloaded)",
+        ),
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size={d: 256 for d in DATASETS} | {"pneumoniamnist_28": 64},
+        pretrain_epochs=2000,
+        pretrain_batch=32,
+        seeds=3,
+        detector_kwargs={},
+        local=True,
+        family_detector="igd",
+        reductions=("random-init encoders stand in for ImageNet weights unless --imagenet is given",),
+    ),
+}

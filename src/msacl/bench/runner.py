@@ -1,0 +1,183 @@
+"""Run the benchmark grid with resumable, per-job results.
+
+Every finished job appends one JSON line to ``OUT/results.jsonl``; a re-run skips jobs already there and
+pre-training runs already finished (``OUT/pretrain/<data>/<variant>/seed<k>/encoder.pt``), and resumes a
+pre-training run that was interrupted from its last checkpoint. Tables are rewritten after every data set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from msacl.bench.grid import CCD_STRONG, VARIANTS, Profile, Table
+from msacl.errors import DataError
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    variant: str
+    detector: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}|{self.variant}|{self.detector}|{self.seed}"
+
+
+def plan(tables: list[Table], datasets: list[str], seeds: int) -> list[Job]:
+    """Distinct jobs of the selected tables, ordered by data set, then variant (so pre-training is reused)."""
+    jobs = {
+        Job(d, r.variant, r.detector, s)
+        for t in tables
+        for d in (t.datasets or datasets)
+        if d in datasets
+        for r in t.rows
+        for s in range(seeds)
+    }
+    return sorted(jobs, key=lambda j: (datasets.index(j.dataset), j.variant != "random", j.variant, j.seed,
+                                       j.detector))
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                # A line cut short by a kill: the job is simply run again.
+                continue
+            out[rec["key"]] = rec
+    return out
+
+
+def _append(path: Path, rec: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, image_size: int):
+    from msacl.config import apply_overrides
+    from msacl.pretrain import PretrainConfig
+
+    overrides = dict(VARIANTS[variant])
+    if overrides.get("method") == "ccd" and "strong" not in overrides and dataset in CCD_STRONG:
+        overrides["strong"] = CCD_STRONG[dataset]
+    cfg = apply_overrides(PretrainConfig(), [f"{k}={v}" for k, v in overrides.items()])
+    cfg.epochs = profile.pretrain_epochs
+    cfg.batch_size = profile.pretrain_batch
+    cfg.seed = seed
+    cfg.checkpoint_every = max(1, profile.pretrain_epochs // 5)
+    cfg.tsne = False
+    cfg.data.image_size = image_size
+    return cfg
+
+
+def detector_kwargs(name: str, profile: Profile, image_size: int, channels: int) -> dict[str, Any]:
+    from msacl.detectors import REGISTRY
+
+    params = inspect.signature(REGISTRY[name].__init__).parameters
+    kw: dict[str, Any] = dict(profile.detector_kwargs.get(name, {}))
+    if "image_size" in params:
+        kw["image_size"] = image_size
+    if "channels" in params:
+        kw["channels"] = channels
+    if "local" in params:
+        kw["local"] = profile.local
+    return kw
+
+
+def run_grid(
+    profile: Profile,
+    tables: list[Table],
+    data_root: Path,
+    out: Path,
+    datasets: list[str],
+    *,
+    seeds: int,
+    imagenet: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every job not yet in ``out/results.jsonl``; return all result records of the selected jobs."""
+    import torch
+
+    from msacl.data import load_split
+    from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device, test_detector
+    from msacl.pretrain import pretrain
+
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = read_results(results_path)
+    jobs = plan(tables, datasets, seeds)
+    todo = [j for j in jobs if j.key not in done]
+    log(f"[bench] {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run -> {out}")
+    dev = resolve_device(device)
+    for dataset in datasets:
+        ds_jobs = [j for j in todo if j.dataset == dataset]
+        if not ds_jobs:
+            continue
+        root = data_root / dataset
+        if not root.is_dir():
+            raise DataError(f"{root}: data set not found (pass --data-root)")
+        size = profile.image_size.get(dataset, 64)
+        t0 = time.perf_counter()
+        train = load_split(root, "train", image_size=size, progress=progress)
+        test = load_split(root, "test", image_size=size, progress=progress)
+        val = load_split(root, "val", image_size=size, progress=progress) if (root / "val").is_dir() else None
+        log(f"[bench] {dataset}: {len(train)} train / {len(test)} test images at {size} px "
+            f"({time.perf_counter() - t0:.1f} s to load)")
+        for job in ds_jobs:
+            t_job = time.perf_counter()
+            enc_path, pre_s = None, 0.0
+            if job.variant == "random" and imagenet:
+                enc_path = Path(imagenet)
+            elif job.variant != "random":
+                run_dir = out / "pretrain" / dataset / job.variant / f"seed{job.seed}"
+                enc_path = run_dir / "encoder.pt"
+                timing = run_dir / "pretrain_seconds.json"
+                if not enc_path.is_file():
+                    cfg = pretrain_config(profile, dataset, job.variant, job.seed, size)
+                    cfg.data.root = str(root)
+                    log(f"[bench] pre-training {job.variant} on {dataset} (seed {job.seed}, {cfg.epochs} epochs)")
+                    tp = time.perf_counter()
+                    pretrain(cfg, train, run_dir, progress=progress, resume=(run_dir / "checkpoint.pt").is_file())
+                    timing.write_text(json.dumps({"seconds": round(time.perf_counter() - tp, 1)}))
+                pre_s = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+            kw = detector_kwargs(job.detector, profile, size, train.images.shape[1])
+            det = build_seeded(job.detector, kw, job.seed)
+            if enc_path is not None:
+                load_encoder(det, enc_path)
+            fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
+            metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold["threshold"],
+                                          seed=job.seed, device=dev, progress=progress)
+            rec = {
+                "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
+                "seed": job.seed, "image_size": size, "profile": profile.name,
+                "pretrain_seconds": pre_s, "fit_seconds": round(fit.fit_seconds, 2),
+                "test_seconds": metrics.get("test_seconds"),
+                "job_seconds": round(time.perf_counter() - t_job, 2),
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},
+            }
+            _append(results_path, rec)
+            done[job.key] = rec
+            auroc = metrics.get("image_auroc")
+            log(f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
+                f"image AUROC {auroc:.3f}" + (f", pixel AUROC {metrics['pixel_auroc']:.3f}"
+                                               if metrics.get("pixel_auroc") is not None else ""))
+            del det, fit
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return [done[j.key] for j in jobs if j.key in done]

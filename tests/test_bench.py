@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+from msacl.bench.grid import Profile, Row, Table, tables
+from msacl.bench.runner import plan, read_results, run_grid
+from msacl.bench.tables import aggregate, markdown, write_tables
+from msacl.cli.main import main
+
+
+def test_plan_shares_jobs_between_tables():
+    jobs = plan(tables(), ["kvasir_seg_patch128", "odir_fundus_256"], seeds=2)
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys))
+    # MSACL-PaDiM on Kvasir is in Table 1, Table 3, Fig. 6 left and right: computed once per seed.
+    assert keys.count("kvasir_seg_patch128|msacl|padim|0") == 1
+    assert {j.seed for j in jobs} == {0, 1}
+    # Tables limited to other data sets contribute nothing for odir beyond Table 1 and Table 3.
+    assert not [j for j in jobs if j.dataset == "odir_fundus_256" and j.variant == "simclr"]
+
+
+def test_aggregate_mean_std_and_markdown():
+    t = Table("t", "T", (Row("PaDiM", "random", "padim"),), ())
+    recs = [{"dataset": "d", "variant": "random", "detector": "padim", "metrics": {"image_auroc": v},
+             "pretrain_seconds": 0, "fit_seconds": 1.0, "test_seconds": 1.0} for v in (0.6, 0.8)]
+    agg = aggregate([t], recs, ["d"])
+    cell = agg[0]["rows"][0]["cells"]["d"]["image_auroc"]
+    assert abs(cell["mean"] - 0.7) < 1e-12 and abs(cell["std"] - 0.1414213562) < 1e-6 and cell["n"] == 2
+    md = markdown(agg, Profile("x", {}, 1, 2, 2, reductions=("less",)))
+    assert "| PaDiM | 0.700 ± 0.141 | 2 s |" in md and "- less" in md
+
+
+def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
+    profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1)
+    tabs = [Table("t", "tiny table", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())]
+    out = tmp_path / "bench"
+    logs: list[str] = []
+    recs = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, device="cpu",
+                    progress=False, log=logs.append)
+    assert [(r["variant"], r["detector"]) for r in recs] == [("random", "padim"), ("msacl", "padim")]
+    for r in recs:
+        assert 0.0 <= r["metrics"]["image_auroc"] <= 1.0 and r["metrics"]["pixel_auroc"] is not None
+    assert (out / "pretrain" / "synthetic" / "msacl" / "seed0" / "encoder.pt").is_file()
+    assert recs[1]["pretrain_seconds"] > 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # A second run finds every job done and runs nothing.
+    again = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, device="cpu",
+                     progress=False, log=logs.append)
+    assert again == recs and len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert "0 to run" in logs[-1]
+    files = write_tables(aggregate(tabs, again, ["synthetic"]), profile, out)
+    assert "MSACL - PaDiM" in files["markdown"].read_text()
+    assert json.loads(files["json"].read_text())["tables"][0]["key"] == "t"
+
+
+def test_truncated_result_line_is_run_again(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_text(json.dumps({"key": "a|b|c|0", "metrics": {}}) + "\n" + '{"key": "a|b|d|0", "metr')
+    assert list(read_results(p)) == ["a|b|c|0"]
+
+
+def test_cli_bench_plan_and_bad_names(capsys):
+    assert main(["bench", "--plan", "--seeds", "1", "--data", "kvasir_seg_patch128", "--tables", "fig6_right"]) == 0
+    out = capsys.readouterr().out
+    assert "5 jobs" in out and "simclr" in out
+    assert main(["bench", "--plan", "--data", "nope"]) == 1
+    assert "unknown data set" in capsys.readouterr().err
