@@ -107,6 +107,7 @@ def test_local_model_adds_a_patch_map_and_loads_its_own_encoder(synthetic_train,
     cfg = {**SMALL, "image_size": 64, "local": True, "patches_per_image": 2}
     det = IGD(**cfg)
     assert isinstance(det.local.encoder.backbone, torchvision.models.ResNet)
+    torch.manual_seed(123)  # other weights than the detector's own seeded initialisation
     ref = torchvision.models.resnet18()
     torch.save(ref.state_dict(), tmp_path / "local.pt")
     load_backbone_state(det.local.encoder.backbone, tmp_path / "local.pt")
