@@ -140,3 +140,10 @@ class FrozenFeatures:
             self._enc, self._key = fold_batchnorm(encoder), key
         with torch.no_grad():
             return self._enc.features(x.contiguous(memory_format=torch.channels_last), layers)
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize images to ``size`` x ``size`` (antialiased bilinear) unless they already are. Shape: (B, C, H, W)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

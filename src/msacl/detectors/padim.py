@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import LAYER_STRIDE, FrozenFeatures, check_images, check_layers, feature_grid, to_image_map
+from msacl.detectors.common import (
+    LAYER_STRIDE,
+    FrozenFeatures,
+    check_images,
+    check_layers,
+    feature_grid,
+    resize_square,
+    to_image_map,
+)
 from msacl.errors import DataError, MsaclError
 from msacl.models.encoders import build_encoder
 from msacl.runs import make_generator
@@ -138,12 +146,6 @@ class Padim(Detector):
         emb = torch.cat(parts, 1)
         return emb.flatten(2)
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] == (self.image_size, self.image_size):
-            return x
-        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                             antialias=True)
-
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> Padim:
@@ -165,7 +167,7 @@ class Padim(Detector):
                    total=len(batches) if hasattr(batches, "__len__") else None)
         for x in bar:
             check_images(x, "padim.fit")
-            emb = self.embed(self._resize(x.to(dev))).double()  # (B, d, P)
+            emb = self.embed(resize_square(x.to(dev), self.image_size)).double()  # (B, d, P)
             total += emb.sum(0)
             # Contiguous (P, B, d): batched GEMMs over a strided view are an order of magnitude slower on CPU.
             e = emb.permute(2, 0, 1).contiguous()
@@ -191,7 +193,7 @@ class Padim(Detector):
         self._check_fitted()
         check_images(x, "padim.predict")
         self.encoder.eval()
-        emb = self.embed(self._resize(x.to(self.mean.device)))
+        emb = self.embed(resize_square(x.to(self.mean.device), self.image_size))
         return mahalanobis_map(emb, self.mean, self.inv_cov).view(-1, self.grid, self.grid)
 
     @torch.no_grad()

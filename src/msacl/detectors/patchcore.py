@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import FrozenFeatures, check_images, check_layers, to_image_map
+from msacl.detectors.common import FrozenFeatures, check_images, check_layers, resize_square, to_image_map
 from msacl.errors import DataError, MsaclError
 from msacl.models.encoders import build_encoder
 from msacl.runs import make_generator
@@ -162,12 +162,6 @@ class PatchCore(Detector):
             self.memory_bank = torch.empty_like(bank, device=self.memory_bank.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] == (self.image_size, self.image_size):
-            return x
-        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                             antialias=True)
-
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Locally aggregated patch features. Shape: (B, C, S, S) -> (B, D, h, w)."""
@@ -196,7 +190,7 @@ class PatchCore(Detector):
                    total=len(batches) if hasattr(batches, "__len__") else None)
         for x in bar:
             check_images(x, "patchcore.fit")
-            e = self.embed(self._resize(x.to(dev)))
+            e = self.embed(resize_square(x.to(dev), self.image_size))
             feats.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
             n += x.shape[0]
         if n == 0:
@@ -219,7 +213,7 @@ class PatchCore(Detector):
         check_images(x, "patchcore.predict")
         self.encoder.eval()
         in_size = tuple(x.shape[-2:])
-        e = self.embed(self._resize(x.to(self.memory_bank.device)))
+        e = self.embed(resize_square(x.to(self.memory_bank.device), self.image_size))
         b, dim, h, w = e.shape
         q = e.permute(0, 2, 3, 1).reshape(-1, dim)
         dist, nn_idx = nearest_neighbour(q, self.memory_bank)
