@@ -13,7 +13,7 @@ $(BIN)/msacl: pyproject.toml
 install: $(BIN)/msacl
 
 demo: install
-	$(BIN)/msacl demo --out runs/demo
+	$(BIN)/msacl demo --out runs/demo --force
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: install

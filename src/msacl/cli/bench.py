@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from msacl.bench.grid import DATASETS, PROFILES, tables
     from msacl.bench.runner import plan, run_grid
     from msacl.bench.tables import aggregate, write_tables
+    from msacl.config import to_dict
+    from msacl.runs import RunDir
 
     profile = dataclasses.replace(PROFILES[args.profile])
     if args.epochs is not None:
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(jobs)} jobs")
         return 0
     out = Path(args.out)
+    RunDir.create(out, config={"profile": to_dict(profile), "datasets": datasets, "seeds": seeds,
+                               "tables": [t.key for t in all_tables], "imagenet": args.imagenet},
+                  seed=None, command="bench")
     t0 = time.perf_counter()
     records = run_grid(profile, all_tables, Path(args.data_root), out, datasets, seeds=seeds,
                        imagenet=args.imagenet, device=args.device, progress=not args.quiet, log=info)
