@@ -137,3 +137,11 @@ def test_bad_input_and_settings_are_named():
         IGD(image_size=50)
     with pytest.raises(ValueError, match="rho must be in"):
         IGD(image_size=32, rho=1.5)
+
+
+def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(synthetic_train):
+    det = IGD(**{**SMALL, "freeze_encoder": True})
+    before = {k: v.clone() for k, v in det.encoder.backbone.state_dict().items()}
+    det.fit(batches(synthetic_train(8, 32), 4), generator=make_generator(0))
+    after = det.encoder.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -183,6 +183,14 @@ class IGD(TwoScaleDetector):
 
     # -------------------------------------------------------------- training
 
+    def train(self, mode: bool = True) -> IGD:
+        super().train(mode)
+        if self.config.get("freeze_encoder"):
+            # A frozen encoder keeps its BatchNorm statistics too, not only its weights.
+            for _, net in self.nets():
+                net.encoder.eval()
+        return self
+
     def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
         c = self.config
         device = self.device()
@@ -269,7 +277,10 @@ class IGD(TwoScaleDetector):
         c = self.config
         z, x_rec = self.model(x)
         l1, m_g, h = _l1(x, x_rec), ms_ssim(x, x_rec), self.model.h(z)
-        pixel = c["rho"] * (x - x_rec).abs().mean(1, keepdim=True) + (1 - c["rho"]) * (1 - ssim_map(x, x_rec))
+        # Both heat maps are Eq. 10 (MSACL Sec. 3.3) before they are summed: per pixel for the global model,
+        # per patch for the local one.
+        pixel_rec = c["rho"] * (x - x_rec).abs().mean(1, keepdim=True) + (1 - c["rho"]) * (1 - ssim_map(x, x_rec))
+        pixel = c["xi"] * pixel_rec + (1 - c["xi"]) * (1 - h).view(-1, 1, 1, 1)
         m_l = None
         if self.local is not None:
             def patch_terms(p: torch.Tensor) -> tuple[torch.Tensor, ...]:

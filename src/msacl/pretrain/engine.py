@@ -183,7 +183,8 @@ def compute_centres(
     raw.load_state_dict(saved, strict=False)
     raw.train(was_training)
     if (counts == 0).any():
-        raise MsaclError("no training images to compute the class centres from")
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise MsaclError(f"no training images of strong class(es) {missing} to compute their centres from")
     return (sums / counts.unsqueeze(1)).float()
 
 
