@@ -66,3 +66,16 @@ def test_cli_bench_plan_and_bad_names(capsys):
     assert "5 jobs" in out and "simclr" in out
     assert main(["bench", "--plan", "--data", "nope"]) == 1
     assert "unknown data set" in capsys.readouterr().err
+
+
+def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
+    rec = {"key": "kvasir_seg_patch128|msacl|padim|0", "dataset": "kvasir_seg_patch128", "variant": "msacl",
+           "detector": "padim", "seed": 0, "metrics": {"image_auroc": 0.61}, "pretrain_seconds": 200.0,
+           "fit_seconds": 2.0, "test_seconds": 1.0}
+    (tmp_path / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    argv = ["bench", "--data", "kvasir_seg_patch128", "--tables", "fig6_right", "--seeds", "1",
+            "--out", str(tmp_path), "--report-only"]
+    assert main(argv) == 0
+    md = (tmp_path / "tables.md").read_text()
+    assert "1 of 5 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
+    assert (tmp_path / "fig6_right.png").is_file()

@@ -43,6 +43,8 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
     p.add_argument("--plan", action="store_true", help="print the jobs and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the tables from OUT/results.jsonl without running any job (e.g. after a stop)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from msacl.bench.grid import DATASETS, PROFILES, tables
-    from msacl.bench.runner import plan, run_grid
+    from msacl.bench.runner import plan, read_results, run_grid
     from msacl.bench.tables import aggregate, write_tables
     from msacl.config import to_dict
     from msacl.runs import RunDir
@@ -79,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(jobs)} jobs")
         return 0
     out = Path(args.out)
+    if args.report_only:
+        done = read_results(out / "results.jsonl")
+        records = [done[j.key] for j in jobs if j.key in done]
+        if not records:
+            raise MsaclError(f"{out / 'results.jsonl'}: no results of the selected jobs yet")
+        header = (f"# msacl bench, profile `{profile.name}`, up to {seeds} seed(s): {len(records)} of "
+                  f"{len(jobs)} jobs done\n\nMachine: {platform.platform()}, {os.cpu_count()} CPU cores.")
+        files = write_tables(aggregate(all_tables, records, datasets), profile, out, header)
+        print(files["markdown"].read_text())
+        return 0
     RunDir.create(out, config={"profile": to_dict(profile), "datasets": datasets, "seeds": seeds,
                                "tables": [t.key for t in all_tables], "imagenet": args.imagenet},
                   seed=None, command="bench")
