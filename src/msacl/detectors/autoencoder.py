@@ -20,7 +20,7 @@ import torch
 
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
-from msacl.detectors.msssim import ms_ssim, ssim_map
+from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.training import (
     TwoScaleDetector,
     check_positive,
@@ -42,17 +42,6 @@ def msssim_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
         returns: scalar.
     """
     return (1 - ms_ssim(x, x_rec)).mean()
-
-
-def msi_score(m_global: torch.Tensor, m_local: torch.Tensor | None = None, *, nu: float = 0.5) -> torch.Tensor:
-    """s_MSI = 1 - (nu * m_G + (1 - nu) * m_L) (CCD Sec. 2.2); ``1 - m_G`` without a local model.
-
-    Shape:
-        m_global, m_local: (B,) MS-SSIM of whole images / mean over each image's patches.
-        returns: (B,).
-    """
-    m = m_global if m_local is None else nu * m_global + (1 - nu) * m_local
-    return 1 - m
 
 
 def denoising_loss(x: torch.Tensor, x_rec_noisy: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from msacl.detectors.base import register
-from msacl.detectors.msssim import ms_ssim, ssim_map
+from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.training import (
     TwoScaleDetector,
     check_positive,
@@ -88,8 +88,7 @@ def reconstruction_error(l1: torch.Tensor, m_global: torch.Tensor, m_local: torc
         l1, m_global, m_local: (B,).
         returns: (B,).
     """
-    m = m_global if m_local is None else nu * m_global + (1 - nu) * m_local
-    return rho * l1 + (1 - rho) * (1 - m)
+    return rho * l1 + (1 - rho) * msi_score(m_global, m_local, nu=nu)
 
 
 def igd_score(rec: torch.Tensor, h: torch.Tensor, *, xi: float = 0.9) -> torch.Tensor:

@@ -161,3 +161,14 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, win_
     factors.append(torch.relu(s.flatten(2).mean(-1)))
     per_channel = torch.prod(torch.stack(factors) ** w.view(-1, 1, 1), dim=0)  # (B, C)
     return per_channel.mean(1)
+
+
+def msi_score(m_global: torch.Tensor, m_local: torch.Tensor | None = None, *, nu: float = 0.5) -> torch.Tensor:
+    """s_MSI = 1 - (nu * m_G + (1 - nu) * m_L) (CCD Sec. 2.2); ``1 - m_G`` without a local model.
+
+    Shape:
+        m_global, m_local: (B,) MS-SSIM of whole images / mean over each image's patches.
+        returns: (B,).
+    """
+    m = m_global if m_local is None else nu * m_global + (1 - nu) * m_local
+    return 1 - m
