@@ -215,3 +215,16 @@ def test_folded_features_match_the_encoder_and_follow_new_weights():
         ref2 = enc.features(x, layers)
     torch.testing.assert_close(frozen(enc, x, layers)["layer3"], ref2["layer3"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(ref2["layer3"], ref["layer3"])
+
+
+@pytest.mark.parametrize("size", [32, 44])  # layer grids 8/4/2 (integer factors) and 11/6/3 (interpolated)
+def test_embed_equals_concatenated_upsampled_layers(size):
+    # Reference: concatenate all layer maps at layer-1 resolution (nearest), then take the channel subset.
+    det = Padim(image_size=size, n_features=40)
+    det.fit(batches(_images(4, size), 2), generator=make_generator(3))
+    x = _images(3, size, seed=9)
+    feats = det.encoder.eval().features(x, det.layers)
+    grid = feats["layer1"].shape[-2:]
+    full = torch.cat([torch.nn.functional.interpolate(feats[l], size=grid, mode="nearest") for l in det.layers], 1)
+    ref = full[:, det.channel_index].flatten(2)
+    torch.testing.assert_close(det.embed(x), ref, rtol=1e-4, atol=1e-4)

@@ -51,10 +51,16 @@ def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, inv_cov: torch.
     Returns:
         Distances. Shape: (B, P).
     """
-    delta = (embedding - mean.unsqueeze(0)).permute(2, 0, 1).contiguous()  # (P, B, D)
-    d2 = (torch.bmm(delta, inv_cov) * delta).sum(-1)  # (P, B)
+    return _mahalanobis_positions(embedding.permute(2, 0, 1), mean, inv_cov)
+
+
+def _mahalanobis_positions(x: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """Eq. 12 on position-major features. Shape: x (P, B, D), mean (D, P), inv_cov (P, D, D) -> (B, P)."""
+    # One pass writes the centred features contiguously as (P, B, D), the layout of the batched GEMM.
+    delta = torch.sub(x, mean.t().unsqueeze(1))
+    d2 = torch.linalg.vecdot(torch.bmm(delta, inv_cov), delta)  # (P, B)
     # Rounding can push a distance of ~0 slightly below zero; sqrt would give NaN.
-    return d2.clamp_min(0).sqrt().transpose(0, 1).contiguous()
+    return d2.clamp_min_(0).sqrt_().t()
 
 
 def gaussian_from_sums(n: int, total: torch.Tensor, outer: torch.Tensor, *, eps: float = 0.01
@@ -127,24 +133,40 @@ class Padim(Detector):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Selected channels of the concatenated layer features at layer-1 resolution.
 
-        Channels are selected before upsampling (same result as concatenating first, far less memory).
-
         Shape: (B, C, S, S) -> (B, d, P), P = grid * grid.
         """
+        return self._positions(x).permute(1, 2, 0)
+
+    def _positions(self, x: torch.Tensor) -> torch.Tensor:
+        """``embed`` laid out position-major, as the per-position GEMMs of fit and predict read it.
+
+        Channels are selected before upsampling (same result as concatenating first, far less memory), and each
+        layer is written once, straight into its slice of the output: the encoder runs channels-last, so its
+        maps already are (B, h, w, C) in memory and no transposing copy is needed.
+
+        Shape: (B, C, S, S) -> (P, B, d), contiguous.
+        """
         feats = self._features(self.encoder, x, self.layers)
-        size = feats[self.layers[0]].shape[-2:]
-        parts, offset = [], 0
+        b, _, h0, w0 = feats[self.layers[0]].shape
+        out = torch.empty(h0, w0, b, self.n_features, dtype=feats[self.layers[0]].dtype, device=x.device)
+        offset, col = 0, 0
         for layer, c in zip(self.layers, self.layer_channels, strict=True):
             sel = self.channel_index[(self.channel_index >= offset) & (self.channel_index < offset + c)] - offset
             offset += c
-            if sel.numel() == 0:
+            k = sel.numel()
+            if k == 0:
                 continue
-            f = feats[layer].index_select(1, sel)
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="nearest")
-            parts.append(f)
-        emb = torch.cat(parts, 1)
-        return emb.flatten(2)
+            f = feats[layer].index_select(1, sel)  # (B, k, h, w)
+            h, w = f.shape[-2:]
+            if h0 % h == 0 and w0 % w == 0:
+                # Nearest-neighbour upsampling by an integer factor is a broadcast into (h, s, w, s) blocks.
+                dst = out.view(h, h0 // h, w, w0 // w, b, -1)[..., col : col + k]
+                dst.copy_(f.permute(2, 3, 0, 1)[:, None, :, None])
+            else:
+                up = F.interpolate(f, size=(h0, w0), mode="nearest")
+                out[..., col : col + k] = up.permute(2, 3, 0, 1)
+            col += k
+        return out.view(h0 * w0, b, -1)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
@@ -167,13 +189,12 @@ class Padim(Detector):
                    total=len(batches) if hasattr(batches, "__len__") else None)
         for x in bar:
             check_images(x, "padim.fit")
-            emb = self.embed(resize_square(x.to(dev), self.image_size)).double()  # (B, d, P)
-            total += emb.sum(0)
             # Contiguous (P, B, d): batched GEMMs over a strided view are an order of magnitude slower on CPU.
-            e = emb.permute(2, 0, 1).contiguous()
+            e = self._positions(resize_square(x.to(dev), self.image_size)).double()
+            total += e.sum(1).t()
             # The einsum 'bdp,bep->pde', accumulated in place (no (P, d, d) temporary per batch).
             outer.baddbmm_(e.transpose(1, 2), e)
-            n += emb.shape[0]
+            n += e.shape[1]
         mean, cov = gaussian_from_sums(n, total, outer, eps=self.eps)
         del outer
         self.mean.copy_(mean.to(self.mean.dtype))
@@ -193,8 +214,8 @@ class Padim(Detector):
         self._check_fitted()
         check_images(x, "padim.predict")
         self.encoder.eval()
-        emb = self.embed(resize_square(x.to(self.mean.device), self.image_size))
-        return mahalanobis_map(emb, self.mean, self.inv_cov).view(-1, self.grid, self.grid)
+        e = self._positions(resize_square(x.to(self.mean.device), self.image_size))
+        return _mahalanobis_positions(e, self.mean, self.inv_cov).reshape(-1, self.grid, self.grid)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
