@@ -25,6 +25,7 @@ class Cfg:
     layers: list[str] = field(default_factory=lambda: ["layer1", "layer2"])
     loss: Loss = field(default_factory=Loss)
     init: str | None = None
+    kwargs: dict[str, object] = field(default_factory=dict)
 
 
 def test_overrides_nested_and_typed():
@@ -46,6 +47,21 @@ def test_overrides_nested_and_typed():
 def test_bad_override_names_the_problem(bad, words):
     with pytest.raises(ConfigError, match=words):
         apply_overrides(Cfg(), [bad])
+
+
+def test_free_form_mapping_takes_new_keys_and_their_consumer_checks_them():
+    cfg = apply_overrides(Cfg(), ["kwargs.crop_scale=[0.8, 1.0]", "kwargs.blur_p=0"])
+    assert cfg.kwargs == {"crop_scale": [0.8, 1.0], "blur_p": 0}
+    # The pre-training config checks its weak-augmentation keywords against WeakConfig.
+    from msacl.pretrain.config import PretrainConfig
+
+    ok = load_config(PretrainConfig, None, ["weak.crop_scale=[0.8, 1.0]"])
+    ok.validate()
+    assert ok.weak == {"crop_scale": [0.8, 1.0]}
+    with pytest.raises(ConfigError, match="unknown key.*crop_scal"):
+        load_config(PretrainConfig, None, ["weak.crop_scal=[0.8, 1.0]"]).validate()
+    with pytest.raises(ConfigError, match="crop_scale must satisfy"):
+        load_config(PretrainConfig, None, ["weak.crop_scale=[1.5, 1.0]"]).validate()
 
 
 def test_yaml_then_overrides(tmp_path):

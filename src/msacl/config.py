@@ -130,16 +130,30 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
+        node, tp = data, type(cfg)
         for p in parts[:-1]:
             if not isinstance(node, dict) or p not in node:
                 raise ConfigError(f"override {item!r}: no section {p!r}")
-            node = node[p]
-        if not isinstance(node, dict) or parts[-1] not in node:
+            node, tp = node[p], _field_type(tp, p)
+        # A free-form mapping (a dict[str, ...] field such as keyword arguments) takes new keys; the consumer
+        # of the mapping checks them.
+        free = typing.get_origin(tp) is dict
+        if not isinstance(node, dict) or (parts[-1] not in node and not free):
             valid = sorted(node) if isinstance(node, dict) else []
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; valid keys are {valid}")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return from_dict(type(cfg), data)
+
+
+def _field_type(tp: Any, name: str) -> Any:
+    """Declared type of field ``name`` of dataclass ``tp`` (Optional unwrapped); Any when unknown."""
+    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+        return Any
+    t = typing.get_type_hints(tp).get(name, Any)
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(t) if a is not type(None)]
+        t = rest[0] if len(rest) == 1 else Any
+    return t
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

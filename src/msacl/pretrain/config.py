@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
 
 METHODS = ("msacl", "ccd", "simclr", "rotnet")
@@ -117,5 +119,13 @@ class PretrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        weak_keys = {f.name for f in dataclasses.fields(WeakConfig)}
+        unknown = sorted(set(self.weak) - weak_keys)
+        if unknown:
+            raise ConfigError(f"weak: unknown key(s) {unknown}; valid keys are {sorted(weak_keys)}")
+        try:
+            WeakConfig(**self.weak)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"weak: {e}") from None
         if self.method in ("simclr", "rotnet") and self.strong not in (None, self.strong_family()):
             raise ConfigError(f"method {self.method} takes no --strong (got {self.strong!r})")
