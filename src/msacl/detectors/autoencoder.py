@@ -158,13 +158,6 @@ class DAE(_AutoencoderDetector):
         return denoising_loss(x, net(noisy)[1])
 
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nu = self.config["nu"]
         score, pixel = squared_error_score(x, self.model(x)[1])
-        if self.local is not None:
-            def patch_mse(p: torch.Tensor) -> tuple[torch.Tensor]:
-                return (squared_error_score(p, self.local(p)[1])[0],)
-
-            (s_p,) = self.local_apply(x, patch_mse)
-            score = nu * score + (1 - nu) * s_p.mean(1)
-            pixel = pixel + self.spread(s_p)
+        score, pixel = self.with_local(x, score, pixel, lambda p: squared_error_score(p, self.local(p)[1])[0])
         return score, gaussian_blur(pixel, self.config["blur_sigma"])

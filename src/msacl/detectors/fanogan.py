@@ -213,11 +213,6 @@ class FAnoGAN(TwoScaleDetector):
         x, x_rec, z, z_rec = self.model.residuals(x)
         score = fanogan_score(x, x_rec, z, z_rec, kappa=c["kappa"])
         pixel = (x - x_rec).abs().mean(1, keepdim=True)
-        if self.local is not None:
-            def patch_score(p: torch.Tensor) -> tuple[torch.Tensor]:
-                return (fanogan_score(*self.local.residuals(p), kappa=c["kappa"]),)
-
-            (s_p,) = self.local_apply(x, patch_score)
-            score = c["nu"] * score + (1 - c["nu"]) * s_p.mean(1)
-            pixel = pixel + self.spread(s_p)
+        score, pixel = self.with_local(x, score, pixel,
+                                       lambda p: fanogan_score(*self.local.residuals(p), kappa=c["kappa"]))
         return score, gaussian_blur(pixel, c["blur_sigma"])

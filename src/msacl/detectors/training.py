@@ -321,6 +321,21 @@ class TwoScaleDetector(Detector):
         return spread_patch_scores(patch_scores, self.hw, patch=int(c["patch_size"]), stride=int(c["patch_stride"]))
 
 
+    def with_local(self, x: torch.Tensor, score: torch.Tensor, pixel: torch.Tensor,
+                   patch_score: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the local model's view to the global one: ``nu * s_G + (1 - nu) * mean patch s_L`` as the image
+        score, and each patch's score spread over its pixels added to the map. Without a local model,
+        ``(score, pixel)`` unchanged.
+
+        Shape: x (B, C, H, W), score (B,), pixel (B, 1, H, W); ``patch_score``: (N, C, p, p) -> (N,).
+        """
+        if self.local is None:
+            return score, pixel
+        (s_p,) = self.local_apply(x, lambda p: (patch_score(p),))
+        nu = self.config["nu"]
+        return nu * score + (1 - nu) * s_p.mean(1), pixel + self.spread(s_p)
+
+
 def config_of(local_vars: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments from ``locals()`` (minus ``self``), the JSON-like ``Detector.config``."""
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
