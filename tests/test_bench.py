@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 
-from msacl.bench.grid import Profile, Row, Table, tables
+import torch
+
+from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_precision, tables
 from msacl.bench.runner import plan, read_results, run_grid
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
@@ -42,6 +44,7 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
         assert 0.0 <= r["metrics"]["image_auroc"] <= 1.0 and r["metrics"]["pixel_auroc"] is not None
     assert (out / "pretrain" / "synthetic" / "msacl" / "seed0" / "encoder.pt").is_file()
     assert recs[1]["pretrain_seconds"] > 0
+    assert recs[0]["pretrain_precision"] is None and recs[1]["pretrain_precision"] == "32-true"
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
     # A second run finds every job done and runs nothing.
@@ -79,3 +82,14 @@ def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
     md = (tmp_path / "tables.md").read_text()
     assert "1 of 5 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
     assert (tmp_path / "fig6_right.png").is_file()
+
+
+def test_precision_auto_resolves_to_bf16_only_where_native(monkeypatch):
+    assert resolve_precision("32-true", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "mps") == "bf16-mixed"  # an explicit choice is kept
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("auto", "mps") == "32-true"
+    assert PROFILES["cpu"].precision == "auto" and PROFILES["paper"].precision == "32-true"

@@ -120,6 +120,9 @@ class Profile:
     local: bool = False  # IGD / AE / F-anoGAN local (32 x 32 patch) models and local pre-training
     ablation_detector: str = "padim"
     family_detector: str = "padim"
+    # Lightning precision of pre-training; "auto": bf16-mixed where the device computes bf16 natively
+    # (CPUs with AVX512-BF16 or AMX, CUDA GPUs that support it), else 32-true.
+    precision: str = "32-true"
     reductions: tuple[str, ...] = ()
 
 
@@ -137,6 +140,7 @@ PROFILES: dict[str, Profile] = {
             "dae": {"epochs": 15},
         },
         local=False,
+        precision="auto",
         reductions=(
             "images resized to 64 px (32 px for PneumoniaMNIST) instead of 256 px (64 px for Liu et al.)",
             "15 pre-training epochs instead of 2000",
@@ -144,6 +148,7 @@ PROFILES: dict[str, Profile] = {
             "global models only: no local 32 x 32 patch models for IGD / AE / F-anoGAN",
             "Fig. 6 left uses PaDiM instead of IGD",
             "random-init encoders stand in for the papers' ImageNet weights (nothing is downloaded)",
+            "pre-training in bf16 mixed precision where the CPU computes bf16 natively (about 1.5x faster)",
         ),
     ),
     "paper": Profile(
@@ -158,3 +163,18 @@ PROFILES: dict[str, Profile] = {
         reductions=("random-init encoders stand in for ImageNet weights unless --imagenet is given",),
     ),
 }
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """A profile's precision for ``device`` ("cpu", "cuda", ...): "auto" becomes bf16-mixed where bf16 is native."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    elif device == "cpu":
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    else:
+        native = False
+    return "bf16-mixed" if native else "32-true"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msacl.bench.grid import CCD_STRONG, VARIANTS, Profile, Table
+from msacl.bench.grid import CCD_STRONG, VARIANTS, Profile, Table, resolve_precision
 from msacl.errors import DataError
 
 
@@ -117,14 +117,17 @@ def run_grid(
     from msacl.data import load_split
     from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device, test_detector
     from msacl.pretrain import pretrain
+    from msacl.pretrain.engine import make_fabric
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done = read_results(results_path)
     jobs = plan(tables, datasets, seeds)
     todo = [j for j in jobs if j.key not in done]
-    log(f"[bench] {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run -> {out}")
     dev = resolve_device(device)
+    precision = resolve_precision(profile.precision, dev.type)
+    log(f"[bench] pre-training on {dev.type} in {precision}")
+    log(f"[bench] {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run -> {out}")
     for dataset in datasets:
         ds_jobs = [j for j in todo if j.dataset == dataset]
         if not ds_jobs:
@@ -141,7 +144,7 @@ def run_grid(
             f"({time.perf_counter() - t0:.1f} s to load)")
         for job in ds_jobs:
             t_job = time.perf_counter()
-            enc_path, pre_s = None, 0.0
+            enc_path, pre_s, pre_precision = None, 0.0, None
             if job.variant == "random" and imagenet:
                 enc_path = Path(imagenet)
             elif job.variant != "random":
@@ -153,9 +156,13 @@ def run_grid(
                     cfg.data.root = str(root)
                     log(f"[bench] pre-training {job.variant} on {dataset} (seed {job.seed}, {cfg.epochs} epochs)")
                     tp = time.perf_counter()
-                    pretrain(cfg, train, run_dir, progress=progress, resume=(run_dir / "checkpoint.pt").is_file())
-                    timing.write_text(json.dumps({"seconds": round(time.perf_counter() - tp, 1)}))
-                pre_s = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+                    fabric = make_fabric(accelerator=dev.type, precision=precision)
+                    pretrain(cfg, train, run_dir, fabric=fabric, progress=progress,
+                             resume=(run_dir / "checkpoint.pt").is_file())
+                    seconds = round(time.perf_counter() - tp, 1)
+                    timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
+                pre = json.loads(timing.read_text()) if timing.is_file() else {}
+                pre_s, pre_precision = pre.get("seconds", float("nan")), pre.get("precision", "32-true")
             kw = detector_kwargs(job.detector, profile, size, train.images.shape[1])
             det = build_seeded(job.detector, kw, job.seed)
             if enc_path is not None:
@@ -166,7 +173,8 @@ def run_grid(
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
                 "seed": job.seed, "image_size": size, "profile": profile.name,
-                "pretrain_seconds": pre_s, "fit_seconds": round(fit.fit_seconds, 2),
+                "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
+                "fit_seconds": round(fit.fit_seconds, 2),
                 "test_seconds": metrics.get("test_seconds"),
                 "job_seconds": round(time.perf_counter() - t_job, 2),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},

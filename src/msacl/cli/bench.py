@@ -38,6 +38,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                    help="table1 table2 table3 fig6_left fig6_right (default: all)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per row (default: 3)")
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="override pre-training epochs")
+    p.add_argument("--precision", default=None, metavar="P",
+                   help="pre-training precision, e.g. 32-true, bf16-mixed, or auto (bf16-mixed where the device "
+                        "computes bf16 natively); default: the profile's (cpu: auto, paper: 32-true)")
     p.add_argument("--imagenet", default=None, metavar="PATH",
                    help="a local ImageNet ResNet-18 state dict used instead of random init for the baseline rows")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         profile.pretrain_epochs = args.epochs
         profile.reductions = tuple(r for r in profile.reductions if "pre-training epochs" not in r) + (
             f"{args.epochs} pre-training epochs instead of 2000",)
+    if args.precision is not None:
+        profile.precision = args.precision
     seeds = args.seeds or profile.seeds
     all_tables = tables(profile.ablation_detector, profile.family_detector)
     if args.tables:
@@ -100,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     header = (f"# msacl bench, profile `{profile.name}`, {seeds} seed(s)\n\n"
               f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. "
               f"Command: `msacl bench --profile {profile.name} --data {' '.join(datasets)} --seeds {seeds}"
-              f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}`. "
+              f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}"
+              f"{f' --epochs {args.epochs}' if args.epochs is not None else ''}"
+              f"{f' --precision {args.precision}' if args.precision is not None else ''}`. "
               f"This invocation ran {time.perf_counter() - t0:.0f} s.")
     files = write_tables(aggregate(all_tables, records, datasets), profile, out, header)
     print(files["markdown"].read_text())
