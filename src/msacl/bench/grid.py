@@ -140,7 +140,6 @@ PROFILES: dict[str, Profile] = {
             "dae": {"epochs": 15},
         },
         local=False,
-        precision="auto",
         reductions=(
             "images resized to 64 px (32 px for PneumoniaMNIST) instead of 256 px (64 px for Liu et al.)",
             "15 pre-training epochs instead of 2000",
@@ -148,7 +147,6 @@ PROFILES: dict[str, Profile] = {
             "global models only: no local 32 x 32 patch models for IGD / AE / F-anoGAN",
             "Fig. 6 left uses PaDiM instead of IGD",
             "random-init encoders stand in for the papers' ImageNet weights (nothing is downloaded)",
-            "pre-training in bf16 mixed precision where the CPU computes bf16 natively (about 1.5x faster)",
         ),
     ),
     "paper": Profile(

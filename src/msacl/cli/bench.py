@@ -40,7 +40,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="override pre-training epochs")
     p.add_argument("--precision", default=None, metavar="P",
                    help="pre-training precision, e.g. 32-true, bf16-mixed, or auto (bf16-mixed where the device "
-                        "computes bf16 natively); default: the profile's (cpu: auto, paper: 32-true)")
+                        "computes bf16 natively); default 32-true")
     p.add_argument("--imagenet", default=None, metavar="PATH",
                    help="a local ImageNet ResNet-18 state dict used instead of random init for the baseline rows")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
