@@ -173,6 +173,9 @@ def test_non_finite_loss_stops_with_term_and_step_and_keeps_checkpoint(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"'con' is nan at epoch 2, step 1.*checkpoint.*after epoch 1"):
         pretrain(cfg, bad, run, fabric=make_fabric("cpu"), progress=False, resume=True)
     assert (run / "checkpoint.pt").read_bytes() == before
+    # Under reduced precision the message also suggests float32.
+    with pytest.raises(NonFiniteLossError, match=r"--precision 32-true instead of bf16-mixed"):
+        pretrain(cfg, bad, run, fabric=make_fabric("cpu", precision="bf16-mixed"), progress=False, resume=True)
 
 
 def test_bad_checkpoints_are_named(tmp_path):

@@ -408,10 +408,12 @@ def pretrain(
                 if bad:
                     kept = (f"the last good checkpoint {ckpt_path} (after epoch {saved_epoch}) is kept"
                             if saved_epoch is not None else "no checkpoint had been written yet")
+                    precision = str(getattr(fabric.strategy.precision, "precision", "32-true"))
+                    hint = f", train in --precision 32-true instead of {precision}" if precision != "32-true" else ""
                     raise NonFiniteLossError(
                         f"loss term '{bad[0]}' is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1} "
                         f"(global step {global_step + 1}); training stopped and {kept}. "
-                        f"Try a lower learning rate (--set optim.lr=...) or check the images for NaNs"
+                        f"Try a lower learning rate (--set optim.lr=...){hint} or check the images for NaNs"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(terms["loss"])
