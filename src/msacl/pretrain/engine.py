@@ -25,6 +25,7 @@ from torch import nn
 from msacl.config import ConfigError, from_dict, to_dict
 from msacl.data.types import ImageSet
 from msacl.errors import CheckpointError, MsaclError
+from msacl.pretrain import losses as L
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
 from msacl.runs import RunDir, atomic_torch_save, make_generator
@@ -172,20 +173,17 @@ def compute_centres(
         views, labels = method.centre_batch(x, generator=g)
         with fabric.autocast() if fabric is not None else contextlib.nullcontext():
             z = raw.embed(views.to(dtype)).double()
-        if sums is None:
-            sums = torch.zeros(k, z.shape[1], dtype=torch.float64, device=z.device)
-            counts = torch.zeros(k, dtype=torch.float64, device=z.device)
-        sums.index_add_(0, labels, z * weight)
-        counts += torch.bincount(labels, minlength=k).double() * weight
+        s, c = L.class_sums(z, labels, k)
+        sums, counts = (s * weight, c * weight) if sums is None else (sums + s * weight, counts + c * weight)
     if world > 1:
         sums = fabric.all_reduce(sums, reduce_op="sum")
         counts = fabric.all_reduce(counts, reduce_op="sum")
     raw.load_state_dict(saved, strict=False)
     raw.train(was_training)
-    if (counts == 0).any():
-        missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise MsaclError(f"no training images of strong class(es) {missing} to compute their centres from")
-    return (sums / counts.unsqueeze(1)).float()
+    try:
+        return L.centres_from_sums(sums, counts).float()
+    except ValueError as e:
+        raise MsaclError(f"class centres: {e} (no training images of those strong classes)") from None
 
 
 def _world(fabric) -> tuple[int, int]:

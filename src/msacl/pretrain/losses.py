@@ -49,7 +49,7 @@ def class_centres(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> to
     """Mean representation c_n of every strong-augmentation class (MSACL Eq. 2).
 
     The engine computes this once over the training set before training (strong class n, then one
-    weak view) and freezes it. Under DDP it all-reduces the per-class sums and counts instead.
+    weak view) and freezes it, accumulating :func:`class_sums` over batches (and ranks) first.
 
     Args:
         z: representations f_theta(a(x)). Shape: (N, D).
@@ -59,12 +59,21 @@ def class_centres(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> to
     Returns:
         c. Shape: (K, D). A class without samples raises ValueError.
     """
+    return centres_from_sums(*class_sums(z, labels, num_classes))
+
+
+def class_sums(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums of z and sample counts, the additive parts of Eq. 2. Shape: (K, D), (K,) in z's dtype."""
     sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
-    counts = torch.bincount(labels, minlength=num_classes)
+    return sums, torch.bincount(labels, minlength=num_classes).to(z.dtype)
+
+
+def centres_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 from accumulated :func:`class_sums`; a class with no samples raises ValueError."""
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"no samples of class(es) {missing} to compute their centre")
-    return sums / counts.unsqueeze(1).to(z.dtype)
+    return sums / counts.unsqueeze(1)
 
 
 def multi_centring_loss(
