@@ -12,9 +12,19 @@ import torchvision
 from msacl.config import ConfigError
 from msacl.data.types import ImageSet
 from msacl.errors import CheckpointError
-from msacl.pretrain import NonFiniteLossError, PretrainConfig, build_method, load_checkpoint, make_fabric, pretrain
-from msacl.pretrain.engine import _INIT, derive_seed, learning_rate
+from msacl.pretrain import (
+    NonFiniteLossError,
+    PretrainConfig,
+    build_method,
+    centre_separation,
+    centres_and_spread,
+    load_checkpoint,
+    make_fabric,
+    pretrain,
+)
+from msacl.pretrain.engine import _CENTRES, _INIT, derive_seed, learning_rate
 from msacl.pretrain.patches import NEIGHBOURS, grid_geometry, patch_pairs, random_crops
+from msacl.runs import make_generator
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> ImageSet:
@@ -145,8 +155,10 @@ def test_pretrain_writes_a_complete_run(tmp_path):
     enc = pretrain(cfg, train, tmp_path / "run", test=test, fabric=make_fabric("cpu"), progress=False)
     run = tmp_path / "run"
     assert enc == run / "encoder.pt"
-    for name in ("config.yaml", "command.txt", "meta.json", "checkpoint.pt", "log.jsonl", "tsne.png"):
+    for name in ("config.yaml", "command.txt", "meta.json", "checkpoint.pt", "log.jsonl", "tsne.png", "centres.json"):
         assert (run / name).is_file(), name
+    sep = json.loads((run / "centres.json").read_text())
+    assert 0 < sep["min_distance"] <= sep["max_distance"] and sep["spread_rms"] > 0
     state = torch.load(enc, weights_only=True)
     torchvision.models.resnet18().load_state_dict(state, strict=True)
     lines = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
@@ -215,3 +227,30 @@ def test_init_loads_local_weights(tmp_path):
     cfg.model.init = str(tmp_path / "imagenet.pt")
     net = build_method(cfg, image_size=32).build_network()
     assert torch.equal(net.encoder.backbone.conv1.weight, donor.conv1.weight)
+
+
+def test_centres_and_spread_equal_a_naive_pass_and_the_warning_follows_the_ratio():
+    cfg = _tiny("msacl")
+    method = build_method(cfg, image_size=32)
+    net = method.build_network()
+    images = _images(6).images
+    centres, spread = centres_and_spread(None, net, method, images, batch_size=4, seed=3)
+    # Naive: the same chunks and augmentations, every feature kept, then Eq. 2 and the RMS distance.
+    net.train()
+    zs, labels = [], []
+    with torch.no_grad():
+        for lo in range(0, 6, 4):
+            g = make_generator(derive_seed(3, _CENTRES, lo))
+            views, lab = method.centre_batch(images[lo:lo + 4], generator=g)
+            zs.append(net.embed(views).double())
+            labels.append(lab)
+    z, lab = torch.cat(zs), torch.cat(labels)
+    ref = torch.stack([z[lab == n].mean(0) for n in range(method.num_classes)])
+    torch.testing.assert_close(centres.double(), ref, rtol=1e-5, atol=1e-5)
+    ref_spread = ((z - ref[lab]) ** 2).sum(1).mean().sqrt().item()
+    assert spread == pytest.approx(ref_spread, rel=1e-5)
+    # The warning: closest pair of centres against ratio x spread.
+    c = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    sep = centre_separation(c, 1.0)
+    assert (sep["min_distance"], sep["max_distance"], sep["warning"]) == (5.0, 10.0, None)
+    assert "barely separates the 3" in centre_separation(c, 21.0)["warning"]  # 5 < 0.25 * 21

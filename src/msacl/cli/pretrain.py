@@ -21,7 +21,8 @@ examples:
   msacl pretrain --method msacl --set loss.alpha=1 --set optim.lr=0.05 --print-config
 
 outputs in --out: encoder.pt (a torchvision ResNet state dict, loads with strict=True), checkpoint.pt,
-log.jsonl (one line per step), tsne.png (when the data has a test split), config.yaml, meta.json.
+log.jsonl (one line per step), tsne.png (when the data has a test split), config.yaml, meta.json, and for MSACL
+centres.json (how far apart the frozen class centres lie; a warning is printed when they barely differ).
 """
 
 

@@ -8,6 +8,8 @@
 from msacl.pretrain.config import METHODS, PretrainConfig
 from msacl.pretrain.engine import (
     NonFiniteLossError,
+    centre_separation,
+    centres_and_spread,
     compute_centres,
     load_checkpoint,
     make_fabric,
@@ -24,6 +26,8 @@ __all__ = [
     "PretrainConfig",
     "PretrainNet",
     "build_method",
+    "centre_separation",
+    "centres_and_spread",
     "compute_centres",
     "load_checkpoint",
     "make_fabric",

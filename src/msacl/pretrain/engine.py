@@ -28,7 +28,7 @@ from msacl.errors import CheckpointError, MsaclError
 from msacl.pretrain import losses as L
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import RunDir, atomic_torch_save, make_generator
+from msacl.runs import RunDir, atomic_torch_save, make_generator, write_json
 
 CHECKPOINT_FORMAT = "msacl-pretrain"
 CHECKPOINT_VERSION = 1
@@ -127,12 +127,22 @@ def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-@torch.no_grad()
 def compute_centres(
     fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,
     batch_size: int, seed: int, progress: bool = False,
 ) -> torch.Tensor:
-    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank.
+    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank (see
+    :func:`centres_and_spread`). Shape: (K, Z)."""
+    return centres_and_spread(fabric, raw, method, images, batch_size=batch_size, seed=seed, progress=progress)[0]
+
+
+@torch.no_grad()
+def centres_and_spread(
+    fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,
+    batch_size: int, seed: int, progress: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank, and the spread of
+    the samples around them.
 
     Features are taken in training mode (BatchNorm on batch statistics, as in the loss they centre);
     the BatchNorm running statistics are restored afterwards so computing centres changes nothing else.
@@ -140,7 +150,7 @@ def compute_centres(
     with fewer images would never join. The only collective here is the final all-reduce.
 
     Returns:
-        c. Shape: (K, Z).
+        c (shape (K, Z)) and the root-mean-square distance of the samples from their own class centre.
     """
     from tqdm.auto import tqdm
 
@@ -174,16 +184,47 @@ def compute_centres(
         with fabric.autocast() if fabric is not None else contextlib.nullcontext():
             z = raw.embed(views.to(dtype)).double()
         s, c = L.class_sums(z, labels, k)
-        sums, counts = (s * weight, c * weight) if sums is None else (sums + s * weight, counts + c * weight)
+        sq = (z * z).sum() * weight  # sum of ||z||^2, for the spread
+        if sums is None:
+            sums, counts, sumsq = s * weight, c * weight, sq
+        else:
+            sums, counts, sumsq = sums + s * weight, counts + c * weight, sumsq + sq
     if world > 1:
         sums = fabric.all_reduce(sums, reduce_op="sum")
         counts = fabric.all_reduce(counts, reduce_op="sum")
+        sumsq = fabric.all_reduce(sumsq, reduce_op="sum")
     raw.load_state_dict(saved, strict=False)
     raw.train(was_training)
     try:
-        return L.centres_from_sums(sums, counts).float()
+        centres = L.centres_from_sums(sums, counts)
     except ValueError as e:
         raise MsaclError(f"class centres: {e} (no training images of those strong classes)") from None
+    # sum_i ||z_i - c_n(i)||^2 = sum_i ||z_i||^2 - sum_n count_n ||c_n||^2
+    within = (sumsq - (counts * (centres * centres).sum(1)).sum()).clamp_min(0)
+    return centres.float(), float((within / counts.sum()).sqrt())
+
+
+def centre_separation(centres: torch.Tensor, spread: float, *, ratio: float = 0.25) -> dict[str, Any]:
+    """How far apart the class centres lie, against the samples' spread, with a warning when they barely differ.
+
+    Eq. 2-3 freeze the centres of the *initial* encoder and pull every sample to its class centre. When
+    the closest pair of centres lies nearer than ``ratio`` x the spread, the multi-centring loss pulls the
+    classes onto one point and the augmentation classifier cannot learn them: what a random initialisation
+    gives on the Kvasir patches (docs/benchmarks.md).
+
+    Returns:
+        ``min_distance`` and ``max_distance`` between centres, ``spread_rms`` and ``warning`` (str or None).
+    """
+    d = torch.cdist(centres.double(), centres.double())
+    off = d[~torch.eye(d.shape[0], dtype=torch.bool, device=d.device)]
+    lo, hi = (float(off.min()), float(off.max())) if off.numel() else (float("nan"), float("nan"))
+    warning = None
+    if off.numel() and spread > 0 and lo < ratio * spread:
+        warning = (f"the initial encoder barely separates the {centres.shape[0]} strong-augmentation classes: "
+                   f"their centres (Eq. 2) lie {lo:.3g}-{hi:.3g} apart, while samples lie {spread:.3g} (RMS) "
+                   f"from their own centre. The frozen centres make the multi-centring loss (Eq. 3) pull the "
+                   f"classes together; the papers start from ImageNet weights (--init PATH).")
+    return {"min_distance": lo, "max_distance": hi, "spread_rms": spread, "warning": warning}
 
 
 def _world(fabric) -> tuple[int, int]:
@@ -377,8 +418,13 @@ def pretrain(
     fabric.barrier()
 
     if method.uses_centres and centres is None:
-        centres = compute_centres(fabric, raw, method, train.images, batch_size=gb, seed=cfg.seed,
-                                  progress=progress)
+        centres, spread = centres_and_spread(fabric, raw, method, train.images, batch_size=gb, seed=cfg.seed,
+                                             progress=progress)
+        if fabric.is_global_zero:
+            separation = centre_separation(centres, spread)
+            write_json(out_dir / "centres.json", separation)
+            if separation["warning"]:
+                print(f"warning: {separation['warning']}", file=sys.stderr)
 
     warmup = cfg.optim.warmup_epochs * steps_per_epoch
     bar = tqdm(total=total_steps, initial=global_step, desc=f"pretrain {cfg.method}", unit="step",
