@@ -69,6 +69,14 @@ def test_cli_bench_plan_and_bad_names(capsys):
     assert "5 jobs" in out and "simclr" in out
     assert main(["bench", "--plan", "--data", "nope"]) == 1
     assert "unknown data set" in capsys.readouterr().err
+    # A table defined on other data sets is named, and a selection with nothing to run is an error.
+    assert main(["bench", "--plan", "--data", "pneumoniamnist_28", "--tables", "fig6_right"]) == 1
+    err = capsys.readouterr().err
+    assert "fig6_right is defined on kvasir_seg_patch128 only" in err and "no job to run" in err
+    assert main(["bench", "--plan", "--seeds", "1", "--data", "pneumoniamnist_28", "--tables", "fig6_right",
+                 "table1"]) == 0
+    cap = capsys.readouterr()
+    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "10 jobs" in cap.out
 
 
 def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):

@@ -79,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown:
         raise MsaclError(f"unknown data set(s) {unknown}; the bench knows {list(DATASETS)}")
+    idle = [t for t in all_tables if t.datasets and not set(t.datasets) & set(datasets)]
+    for t in idle:
+        info(f"[bench] {t.key} is defined on {', '.join(t.datasets)} only: nothing of it runs on "
+             f"{', '.join(datasets)}")
+    if len(idle) == len(all_tables):
+        raise MsaclError(f"no job to run: the selected table(s) cover other data sets than {', '.join(datasets)}; "
+                         f"table1 covers every data set")
     jobs = plan(all_tables, datasets, seeds)
     if args.plan:
         for j in jobs:
