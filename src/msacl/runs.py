@@ -61,6 +61,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_torch_file(path: str | Path, *, error: type[Exception], what: str, missing: str | None = None,
+                    map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)`` that names the file and the problem in ``error``.
+
+    ``what`` names the kind of file in the messages ("<path>: not a readable <what> (...)"); ``missing`` is
+    the message for a file that does not exist (default "<what> not found").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {missing or what + ' not found'}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise error(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from msacl.errors import CheckpointError
-from msacl.runs import atomic_torch_save
+from msacl.runs import atomic_torch_save, read_torch_file
 
 REGISTRY: dict[str, type[Detector]] = {}
 
@@ -70,12 +70,7 @@ class Detector(nn.Module):
     @staticmethod
     def load(path: str | Path, map_location: str | torch.device = "cpu") -> Detector:
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: detector file not found")
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{path}: not a readable detector file ({type(e).__name__}: {e})") from None
+        obj = read_torch_file(path, error=CheckpointError, what="detector file", map_location=map_location)
         if not isinstance(obj, dict) or obj.get("detector") not in REGISTRY:
             raise CheckpointError(f"{path}: not a saved msacl detector (known: {sorted(REGISTRY)})")
         det = REGISTRY[obj["detector"]](**obj["config"])

@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from msacl.errors import CheckpointError
+from msacl.runs import read_torch_file
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -43,12 +44,7 @@ def build_backbone(arch: str = "resnet18", init: str | Path | None = None) -> to
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a backbone state dict from ``path`` (plain, or nested under ``encoder``/``state_dict``)."""
     path = Path(path)
-    if not path.is_file():
-        raise EncoderLoadError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise EncoderLoadError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+    obj = read_torch_file(path, error=EncoderLoadError, what="PyTorch weights file", missing="weights file not found")
     for key in ("encoder", "backbone", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

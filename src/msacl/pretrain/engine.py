@@ -28,7 +28,7 @@ from msacl.errors import CheckpointError, MsaclError
 from msacl.pretrain import losses as L
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import RunDir, atomic_torch_save, make_generator, write_json
+from msacl.runs import RunDir, atomic_torch_save, make_generator, read_torch_file, write_json
 
 CHECKPOINT_FORMAT = "msacl-pretrain"
 CHECKPOINT_VERSION = 1
@@ -275,12 +275,7 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None) -> dict[str, Any]:
     """Read a checkpoint (weights only) and check it belongs to a run like ``cfg``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = read_torch_file(path, error=CheckpointError, what="checkpoint", missing="no checkpoint to resume from")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an msacl pre-training checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
