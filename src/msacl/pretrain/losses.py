@@ -27,6 +27,15 @@ def _check_bkvd(z: torch.Tensor, name: str = "z") -> None:
         raise ValueError(f"{name} must be (B, K, V, D), got shape {tuple(z.shape)}")
 
 
+def _two_views(z: torch.Tensor, who: str) -> tuple[int, int, int, int]:
+    """(B, K, V, D) of z, which must hold two weak views per sample."""
+    _check_bkvd(z)
+    b, k, v, d = z.shape
+    if v != 2:
+        raise ValueError(f"{who} needs two weak views per sample, got V = {v}")
+    return b, k, v, d
+
+
 def _info_nce(logits: torch.Tensor, positive_logit: torch.Tensor) -> torch.Tensor:
     """Mean of ``-positive_logit + logsumexp_{t != s} logits[s, t]`` over anchors s.
 
@@ -40,9 +49,8 @@ def _info_nce(logits: torch.Tensor, positive_logit: torch.Tensor) -> torch.Tenso
 
 
 def _partner_index(b: int, k: int, v: int, device: torch.device) -> torch.Tensor:
-    """Flat index of x^(n, (l+1) mod 2) of the same image for every flat sample (i, n, l)."""
-    idx = torch.arange(b * k * v, device=device).view(b, k, v)
-    return idx.roll(1, dims=2).reshape(-1) if v == 2 else idx.reshape(-1)
+    """Flat index of x^(n, (l+1) mod 2) of the same image for every flat sample (i, n, l); v is 2."""
+    return torch.arange(b * k * v, device=device).view(b, k, v).roll(1, dims=2).reshape(-1)
 
 
 def class_centres(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -137,10 +145,7 @@ def msacl_contrastive_loss(
     Returns:
         Scalar mean over the B * K * 2 anchors.
     """
-    _check_bkvd(z)
-    b, k, v, d = z.shape
-    if v != 2:
-        raise ValueError(f"MSACL needs two weak views per sample, got V = {v}")
+    b, k, v, d = _two_views(z, "MSACL")
     zt = centred_normalised(z, centres).reshape(-1, d)
     sim = zt @ zt.T
     cls = torch.arange(k, device=z.device).view(1, k, 1).expand(b, k, v).reshape(-1)
@@ -178,10 +183,7 @@ def ccd_contrastive_loss(
     Returns:
         Scalar mean over the B * K * 2 anchors.
     """
-    _check_bkvd(z)
-    b, k, v, d = z.shape
-    if v != 2:
-        raise ValueError(f"CCD needs two weak views per sample, got V = {v}")
+    b, k, v, d = _two_views(z, "CCD")
     if normalize:
         z = F.normalize(z, dim=-1, eps=_EPS)
     if negatives == "all":
