@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,6 @@ class FitResult:
     fit_seconds: float
     n_train: int
     held_out: ImageSet | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
@@ -135,15 +134,14 @@ def fit_detector(
     det.fit(batches(train.images, batch_size), generator=g, progress=progress)
     fit_s = time.perf_counter() - t0
     threshold: dict[str, Any] = {"threshold": None, "rule": "none: no val/ masks and no held-out normals"}
-    if val is not None:
-        _, vmaps = predict_all(det, val.images, batch_size, device, progress=progress, desc="val maps")
-        t, rule = select_threshold(vmaps, val.masks)
-        threshold = {"threshold": t, "rule": rule, "display_range": [float(vmaps.min()), float(vmaps.max())]}
-    elif held is not None:
-        _, hmaps = predict_all(det, held.images, batch_size, device, progress=progress, desc="held-out maps")
-        t, rule = select_threshold(hmaps, None, quantile=0.99)
+    ref = val if val is not None else held
+    if ref is not None:
+        desc = "val maps" if val is not None else "held-out maps"
+        _, maps = predict_all(det, ref.images, batch_size, device, progress=progress, desc=desc)
+        # Best Dice on val/ masks; without masks the 0.99 quantile of the held-out normals' pixel scores.
+        t, rule = select_threshold(maps, val.masks if val is not None else None, quantile=0.99)
         # display_range: one colour scale for every heat map of `msacl predict` (the range of these maps).
-        threshold = {"threshold": t, "rule": rule, "display_range": [float(hmaps.min()), float(hmaps.max())]}
+        threshold = {"threshold": t, "rule": rule, "display_range": [float(maps.min()), float(maps.max())]}
     return FitResult(det, threshold, fit_s, len(train), held)
 
 
