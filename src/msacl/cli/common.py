@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msacl.data.types import ImageSet
 
 
 def add_seed(p: argparse.ArgumentParser) -> None:
@@ -41,3 +46,12 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def report_skipped(run_dir: str | Path, *sets: ImageSet | None) -> None:
+    """List the files skipped under ``--on-bad-file skip`` in ``run_dir/skipped_files.txt`` and say so."""
+    from msacl.data import write_skipped
+
+    n = write_skipped(run_dir, *[s for s in sets if s is not None])
+    if n:
+        info(f"skipped {n} unreadable file(s); listed in {Path(run_dir) / 'skipped_files.txt'}")

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from msacl.cli.common import add_data, add_seed, info
+from msacl.cli.common import add_data, add_seed, info, report_skipped
 from msacl.errors import CheckpointError, DataError, MsaclError
 
 DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae")
@@ -192,7 +192,7 @@ def _read_threshold(run: Path) -> dict[str, Any]:
 def _fit(args: argparse.Namespace) -> int:
     import yaml
 
-    from msacl.data import load_split, write_skipped
+    from msacl.data import load_split
     from msacl.detectors import REGISTRY
     from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device
     from msacl.runs import RunDir, write_json
@@ -262,9 +262,7 @@ def _fit(args: argparse.Namespace) -> int:
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")
-    n_skipped = write_skipped(run.path, *[s for s in (train, val) if s is not None])
-    if n_skipped:
-        info(f"skipped {n_skipped} unreadable file(s); listed in {run.path / 'skipped_files.txt'}")
+    report_skipped(run.path, train, val)
     info(f"fitting {args.detector} on {len(train)} images of {image_size} px ({device})")
     try:
         fit = fit_detector(det, train, val=val, holdout=args.holdout, seed=args.seed,
@@ -289,7 +287,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from msacl.data import load_split, write_skipped
+    from msacl.data import load_split
     from msacl.detectors import Detector
     from msacl.pipeline import resolve_device, test_detector
     from msacl.runs import write_json
@@ -308,9 +306,7 @@ def _test(args: argparse.Namespace) -> int:
     test = load_split(data, "test", image_size=size, channels=args.channels or data_cfg.get("channels", 3),
                       layout=args.layout or data_cfg.get("layout", "folder"), on_bad_file=args.on_bad_file,
                       cache_dir=args.cache_dir)
-    n_skipped = write_skipped(run, test)
-    if n_skipped:
-        info(f"skipped {n_skipped} unreadable file(s); listed in {run / 'skipped_files.txt'}")
+    report_skipped(run, test)
     if len(test) == 0:
         raise DataError(f"{data}: no test images")
     thr = _read_threshold(run)

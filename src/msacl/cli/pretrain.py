@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from msacl.cli.common import add_config, add_data, add_device, add_seed, info
+from msacl.cli.common import add_config, add_data, add_device, add_seed, info, report_skipped
 from msacl.errors import MsaclError
 
 METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.init is not None and not Path(cfg.model.init).is_file():
         raise MsaclError(f"{cfg.model.init}: --init weights file not found")
 
-    from msacl.data import load_split, write_skipped
+    from msacl.data import load_split
     from msacl.errors import DataError
     from msacl.pretrain import make_fabric, pretrain
 
@@ -117,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
              f"from {d.root} on {fabric.world_size} x {fabric.device.type}")
     enc = pretrain(cfg, train, out, test=test, fabric=fabric, progress=not args.no_progress, resume=args.resume)
     if fabric.is_global_zero:
-        skipped = write_skipped(out, train, *([test] if test is not None else []))
-        if skipped:
-            info(f"{skipped} unreadable files were skipped; see {out / 'skipped_files.txt'}")
+        report_skipped(out, train, test)
         info(f"encoder weights: {enc}")
     return 0
