@@ -338,7 +338,8 @@ def pretrain(
 
     Writes ``out_dir``/config.yaml, command.txt, meta.json (RunDir), log.jsonl (one line per step),
     checkpoint.pt (every ``cfg.checkpoint_every`` epochs and at the end), encoder.pt (a plain
-    torchvision ResNet state dict) and, with a ``test`` split, tsne.png.
+    torchvision ResNet state dict), for methods with class centres centres.json (``centre_separation``)
+    and, with a ``test`` split, tsne.png.
 
     Args:
         cfg: the run's settings.
