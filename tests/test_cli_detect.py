@@ -179,7 +179,7 @@ def test_print_config_and_bad_settings(synthetic_data, capsys, tmp_path):
                        "--set", "coreset_ratio=0.05", "--print-config")
     assert code == 0
     cfg = yaml.safe_load(out)
-    assert cfg["detector_kwargs"]["coreset_ratio"] == 0.05 and cfg["detector_kwargs"]["layers"] == ["layer2", "layer3"]
+    assert cfg["detector_kwargs"]["coreset_ratio"] == 0.05 and cfg["detector_kwargs"]["strides"] == [8, 16]
     assert not (tmp_path / "r").exists()
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
                        "--set", "n_feature=20")

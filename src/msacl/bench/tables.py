@@ -81,7 +81,8 @@ def markdown(agg: list[dict[str, Any]], profile: Profile, header: str = "") -> s
             wall = _fmt_time({"mean": sum(secs) if secs else None})
             cells = [_fmt(row["cells"][d][m]) for d, m in cols]
             lines.append("| " + " | ".join([row["label"], *cells, wall]) + " |")
-    lines += ["", f"Profile `{profile.name}`; reduced from the papers:"] + [f"- {r}" for r in profile.reductions]
+    lines += ["", f"Profile `{profile.name}`, backbone `{profile.backbone}`; reduced from the papers:"]
+    lines += [f"- {r}" for r in profile.reductions]
     return "\n".join(lines) + "\n"
 
 

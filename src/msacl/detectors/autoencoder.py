@@ -73,7 +73,7 @@ class _AutoencoderDetector(TwoScaleDetector):
 
     def build_net(self, hw: tuple[int, int]) -> LatentAutoencoder:
         c = self.config
-        return LatentAutoencoder(c["arch"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
+        return LatentAutoencoder(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
                                  width=c["width"])
 
     def loss(self, net: LatentAutoencoder, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -98,7 +98,7 @@ class _AutoencoderDetector(TwoScaleDetector):
 
 
 _SHARED_ARGS = """
-        arch: encoder architecture (weights: ``det.encoder.backbone``; local: ``det.local.encoder.backbone``).
+        backbone: encoder backbone (weights: ``det.load_encoder(source)``; local: ``part="local"``).
         image_size: image size, a multiple of 32. channels: image channels. latent_dim: size of Z.
         local: also train a local model on ``patch_size`` patches (stride ``patch_stride``), with
             ``patches_per_image`` random patches per image per step; nu weighs global against local.
@@ -110,7 +110,7 @@ _SHARED_ARGS = """
 class MSSSIMAutoencoder(_AutoencoderDetector):
     __doc__ = "MS-SSIM auto-encoder (CCD s_MSI).\n\n    Args:" + _SHARED_ARGS
 
-    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
                  latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
                  patches_per_image: int = 16, epochs: int = 100, batch_size: int = 32, lr: float = 1e-4,
                  nu: float = 0.5, width: int = 32, init_seed: int = 0):
@@ -142,7 +142,7 @@ class DAE(_AutoencoderDetector):
         noise_std: std of the Gaussian noise added to training inputs (ours: 0.1), clamped to [0, 1].
         blur_sigma: Gaussian blur of the squared-error map (anomalib's 4).""")
 
-    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
                  latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
                  patches_per_image: int = 16, epochs: int = 100, batch_size: int = 32, lr: float = 1e-4,
                  nu: float = 0.5, noise_std: float = 0.1, blur_sigma: float = 4.0, width: int = 32,

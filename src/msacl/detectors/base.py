@@ -5,7 +5,8 @@ pixel-level anomaly map. Metrics and reports read only that record. Fitted stati
 are registered buffers, so ``state_dict`` (plus the constructor arguments kept in ``config``) reproduces
 the detector exactly.
 
->>> # det = build_detector("padim", encoder=build_encoder(), image_size=64)
+>>> # det = build_detector("padim", backbone="tf_efficientnet_lite0", image_size=64)
+>>> # det.load_encoder("imagenet")         # or an `msacl pretrain` run directory
 >>> # det.fit(batches(train.images, 32))
 >>> # scores, maps = det.predict(test.images[:8])   # (8,), (8, 1, 64, 64)
 """
@@ -19,7 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from msacl.errors import CheckpointError
+from msacl.errors import CheckpointError, MsaclError
+from msacl.models.encoders import IMAGENET
 from msacl.runs import atomic_torch_save, read_torch_file
 
 REGISTRY: dict[str, type[Detector]] = {}
@@ -44,8 +46,8 @@ class Detector(nn.Module):
     """Base class. Subclasses implement ``fit`` and ``predict`` and keep constructor kwargs in ``config``.
 
     ``config`` must hold only JSON-like values (numbers, strings, lists) so that a saved detector loads
-    with ``torch.load(..., weights_only=True)``. The encoder's architecture is part of it; its weights are
-    part of the state dict.
+    with ``torch.load(..., weights_only=True)``. The encoder's backbone name is part of it; its weights and
+    input normalisation are part of the state dict.
     """
 
     name: ClassVar[str] = "detector"
@@ -64,6 +66,25 @@ class Detector(nn.Module):
         """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); larger means more anomalous."""
         raise NotImplementedError
 
+    def encoder_parts(self) -> dict[str, nn.Module]:
+        """The encoders whose weights can be loaded: ``{"global": ...}`` plus ``"local"`` for two-scale models."""
+        enc = getattr(self, "encoder", None)
+        return {"global": enc} if enc is not None else {}
+
+    def load_encoder(self, source: str | Path | None, part: str = "global") -> str:
+        """Load encoder weights (``"imagenet"``, a weights file, or an ``msacl pretrain`` run directory or its
+        ``encoder.pt``) into the ``part`` encoder, with the input normalisation they were trained with.
+
+        Returns a description of the weights. Raises ``MsaclError`` for a part this detector does not have.
+        """
+        parts = self.encoder_parts()
+        if part not in parts:
+            hint = " (set local=true)" if part == "local" and "local" in self.config else ""
+            raise MsaclError(f"the {self.name} detector has no {part} encoder{hint}")
+        if source is None:
+            return parts[part].source
+        return parts[part].load_weights(source if str(source) == IMAGENET else encoder_file(source))
+
     def save(self, path: str | Path) -> None:
         atomic_torch_save({"detector": self.name, "config": self.config, "state_dict": self.state_dict()}, path)
 
@@ -79,6 +100,18 @@ class Detector(nn.Module):
         except RuntimeError as e:
             raise CheckpointError(f"{path}: state does not fit a {obj['detector']} detector: {e}") from None
         return det
+
+
+def encoder_file(path: str | Path) -> Path:
+    """``encoder.pt`` of an ``msacl pretrain`` run directory, or the weights file itself."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "encoder.pt").is_file():
+            return p / "encoder.pt"
+        raise CheckpointError(f"{p}: a folder without encoder.pt (expected an `msacl pretrain` run directory)")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: encoder weights not found")
+    return p
 
 
 def build_detector(name: str, **kwargs: Any) -> Detector:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import math
 from collections.abc import Sequence
 
 import torch
@@ -77,26 +76,19 @@ def to_image_map(patch_map: torch.Tensor, size: tuple[int, int], sigma: float = 
     return (a_h @ patch_map @ a_w.T).unsqueeze(1)
 
 
-def feature_grid(image_size: int, stride: int) -> int:
-    """Side of a ResNet feature map for a square input: conv1 and maxpool halve it (4), each later layer halves it.
-
-    Matches ``floor((s - 1) / 2) + 1`` per stride-2 stage, the arithmetic of torchvision's ResNets.
-    """
-    s = image_size
-    for _ in range(int(math.log2(stride))):
-        s = (s - 1) // 2 + 1
-    return s
-
-
-LAYER_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
-
-
-def check_layers(layers: Sequence[str]) -> list[str]:
-    layers = list(layers)
-    bad = [l for l in layers if l not in LAYER_STRIDE]
-    if not layers or bad:
-        raise MsaclError(f"layers {layers}: choose one or more of {list(LAYER_STRIDE)}")
-    return sorted(set(layers), key=list(LAYER_STRIDE).index)
+def feature_grid(encoder: Encoder, image_size: int, stride: int) -> int:
+    """Side of the encoder's feature map at ``stride`` for a square ``image_size`` input, by running it once."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        was = encoder.training
+        encoder.eval()
+        try:
+            probe = torch.zeros(1, 3, image_size, image_size, device=encoder.mean.device)
+            f = encoder.features(probe, (stride,))[stride]
+        finally:
+            encoder.train(was)
+    if f.shape[-2] != f.shape[-1]:
+        raise MsaclError(f"{encoder.name}: a square input gave a {tuple(f.shape[-2:])} feature map")
+    return int(f.shape[-1])
 
 
 def check_images(x: torch.Tensor, who: str) -> None:
@@ -104,22 +96,40 @@ def check_images(x: torch.Tensor, who: str) -> None:
         raise MsaclError(f"{who}: expected images of shape (B, 1|3, H, W), got {tuple(x.shape)}")
 
 
-def fold_batchnorm(encoder: Encoder) -> Encoder:
+def _fold_children(module: nn.Module) -> None:
+    """Fold each BatchNorm into the convolution registered just before it, in every submodule.
+
+    Registration order is execution order in the CNN blocks of torchvision and timm (conv1 -> bn1, conv_dw
+    -> bn1, conv_pw -> bn2, downsample[0] -> downsample[1]); ``fold_batchnorm`` checks the result anyway.
+    timm's ``BatchNormAct2d`` keeps its activation (and dropout) after the folded convolution.
+    """
+    for m in list(module.modules()):
+        children = list(m.named_children())
+        for (name_c, conv), (name_b, bn) in zip(children[:-1], children[1:], strict=True):
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                setattr(m, name_c, fuse_conv_bn_eval(conv, bn))
+                act = [c for c in (getattr(bn, "drop", None), getattr(bn, "act", None)) if c is not None]
+                setattr(m, name_b, nn.Sequential(*act) if act else nn.Identity())
+
+
+def fold_batchnorm(encoder: Encoder, *, check_size: int = 64) -> Encoder:
     """An inference-only copy of ``encoder`` with every BatchNorm folded into the convolution before it.
 
-    Same outputs as ``encoder.eval()`` up to float rounding, with one pass over each activation less.
+    Same outputs as ``encoder.eval()`` up to float rounding, with one pass over each activation less. The copy
+    is checked on a random batch against the plain encoder; a network whose blocks do not run in registration
+    order keeps its BatchNorms (an unfolded copy, correct and a little slower).
     """
-    enc = copy.deepcopy(encoder).eval()
-    for m in enc.modules():
-        for i in ("1", "2", "3"):
-            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                setattr(m, f"bn{i}", nn.Identity())
-        if (isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.Conv2d)
-                and isinstance(m[1], nn.BatchNorm2d)):
-            m[0], m[1] = fuse_conv_bn_eval(m[0], m[1]), nn.Identity()
-    return enc.to(memory_format=torch.channels_last).requires_grad_(False)
+    plain = copy.deepcopy(encoder).eval().requires_grad_(False)
+    enc = copy.deepcopy(plain)
+    _fold_children(enc.backbone)
+    strides = [t.stride for t in encoder.spec.taps]
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.rand(2, 3, check_size, check_size, device=encoder.mean.device)
+        a, b = plain.features(x, strides), enc.features(x, strides)
+    same = all(torch.allclose(a[s], b[s], rtol=1e-3, atol=1e-3 * float(a[s].abs().max()) + 1e-5) for s in a)
+    return (enc if same else plain).to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 class FrozenFeatures:
@@ -134,12 +144,12 @@ class FrozenFeatures:
         self._key: tuple | None = None
         self._enc: Encoder | None = None
 
-    def __call__(self, encoder: Encoder, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, encoder: Encoder, x: torch.Tensor, strides: Sequence[int]) -> dict[int, torch.Tensor]:
         key = tuple((id(t), t._version) for t in itertools.chain(encoder.parameters(), encoder.buffers()))
         if key != self._key or self._enc is None:
             self._enc, self._key = fold_batchnorm(encoder), key
         with torch.no_grad():
-            return self._enc.features(x.contiguous(memory_format=torch.channels_last), layers)
+            return self._enc.features(x.contiguous(memory_format=torch.channels_last), strides)
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:

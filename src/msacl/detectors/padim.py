@@ -1,13 +1,14 @@
 """PaDiM: a Gaussian per patch position over multi-layer CNN features (Defard et al. 2021; MSACL Sec. 3.3).
 
-Features of layers 1-3 are concatenated at layer-1 resolution (deeper maps upsampled by nearest neighbour, as
-the reference implementation), reduced to a seeded random subset of ``d`` channels (100 for ResNet-18/34, 550
-for ResNet-50 / wide-ResNet-50), and a Gaussian N(mu_w, Sigma_w) is fitted at every position w. The statistics
-are streamed: each batch adds to a float64 sum and sum of outer products, so memory does not grow with the
-number of training images. The anomaly map is the Mahalanobis distance of MSACL Eq. 12, upsampled bilinearly to
-the image size and blurred (sigma 4); the image score is the maximum of that map.
+Features at strides 4, 8 and 16 (ResNet layers 1-3) are concatenated at the finest resolution (deeper maps
+upsampled by nearest neighbour, as the reference implementation), reduced to a seeded random subset of ``d``
+channels (100 of ResNet-18's 448, 550 of wide-ResNet-50's 1792; 100 for any backbone with at most 1000), and
+a Gaussian N(mu_w, Sigma_w) is fitted at every position w. The statistics are streamed: each batch adds to a
+float64 sum and sum of outer products, so memory does not grow with the number of training images. The anomaly
+map is the Mahalanobis distance of MSACL Eq. 12, upsampled bilinearly to the image size and blurred (sigma 4);
+the image score is the maximum of that map.
 
->>> # det = Padim(arch="resnet18", image_size=128)
+>>> # det = Padim(backbone="tf_efficientnet_lite0", image_size=128); det.load_encoder("imagenet")
 >>> # det.fit(batches(train.images, 32), generator=make_generator(0))
 >>> # scores, maps = det.predict(test.images[:8])    # (8,), (8, 1, 128, 128)
 """
@@ -21,21 +22,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import (
-    LAYER_STRIDE,
-    FrozenFeatures,
-    check_images,
-    check_layers,
-    feature_grid,
-    resize_square,
-    to_image_map,
-)
+from msacl.detectors.common import FrozenFeatures, check_images, feature_grid, resize_square, to_image_map
 from msacl.errors import DataError, MsaclError
-from msacl.models.encoders import build_encoder
+from msacl.models.backbones import check_strides
+from msacl.models.encoders import Encoder
 from msacl.runs import make_generator
 
-# d of the reference implementation: 100 of 448 channels (ResNet-18/34), 550 of 1792 (ResNet-50 family).
-_DEFAULT_D = {"resnet18": 100, "resnet34": 100, "resnet50": 550, "wide_resnet50_2": 550}
+
+def default_d(total_channels: int) -> int:
+    """d of the reference implementation: 100 of 448 channels (ResNet-18/34), 550 of 1792 (ResNet-50 family)."""
+    return 100 if total_channels <= 1000 else 550
 
 
 def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
@@ -89,36 +85,38 @@ class Padim(Detector):
     """PaDiM detector.
 
     Args:
-        arch: encoder architecture (its weights are loaded by the caller into ``self.encoder.backbone``).
+        backbone: encoder backbone (weights: ``load_encoder``, which also sets the input normalisation).
         image_size: side of the square images it is fitted on; other sizes are resized to it in ``predict``.
-        layers: encoder layers whose features are concatenated (layer1-3 as in the paper).
-        n_features: size d of the random channel subset; None = 100 (ResNet-18/34) or 550 (ResNet-50 family).
+        strides: feature taps whose features are concatenated (4, 8, 16 = ResNet layers 1-3, as in the paper).
+        n_features: size d of the random channel subset; None = ``default_d`` (100 for ResNet-18, 550 for
+            ResNet-50).
         eps: ridge added to every covariance (PaDiM: 0.01).
         sigma: Gaussian blur of the pixel map in pixels (PaDiM: 4); 0 disables it.
 
     Buffers (the state dict): ``channel_index`` (d,), ``mean`` (d, P), ``inv_cov`` (P, d, d) float32 and
-    ``n_train`` (number of images fitted), with P the positions of the layer-1 grid.
+    ``n_train`` (number of images fitted), with P the positions of the finest tap's grid.
     """
 
-    def __init__(self, *, arch: str = "resnet18", image_size: int = 256,
-                 layers: Sequence[str] = ("layer1", "layer2", "layer3"), n_features: int | None = None,
+    def __init__(self, *, backbone: str = "resnet18", image_size: int = 256,
+                 strides: Sequence[int | str] = (4, 8, 16), n_features: int | None = None,
                  eps: float = 0.01, sigma: float = 4.0):
-        layers = check_layers(layers)
-        super().__init__(arch=arch, image_size=int(image_size), layers=layers, n_features=n_features,
+        encoder = Encoder(backbone)
+        strides = check_strides(strides, encoder.spec)
+        super().__init__(backbone=backbone, image_size=int(image_size), strides=strides, n_features=n_features,
                          eps=float(eps), sigma=float(sigma))
-        self.encoder = build_encoder(arch)
+        self.encoder = encoder
         # Inference runs on a BatchNorm-folded channels-last copy: ~40 % less CPU time than the plain encoder.
         self._features = FrozenFeatures()
-        self.layers = layers
+        self.strides = strides
         self.image_size = int(image_size)
         self.eps = float(eps)
         self.sigma = float(sigma)
-        self.layer_channels = [self.encoder.channels(l) for l in layers]
+        self.layer_channels = [self.encoder.channels(s) for s in strides]
         total = sum(self.layer_channels)
-        d = _DEFAULT_D.get(arch, 100) if n_features is None else int(n_features)
+        d = default_d(total) if n_features is None else int(n_features)
         if not 1 <= d <= total:
-            raise MsaclError(f"padim: n_features={d} must be between 1 and {total} (channels of {layers})")
-        self.grid = feature_grid(self.image_size, LAYER_STRIDE[layers[0]])
+            raise MsaclError(f"padim: n_features={d} must be between 1 and {total} (channels at strides {strides})")
+        self.grid = feature_grid(self.encoder, self.image_size, strides[0])
         p = self.grid * self.grid
         self.register_buffer("channel_index", torch.arange(d))
         self.register_buffer("mean", torch.zeros(d, p))
@@ -146,11 +144,11 @@ class Padim(Detector):
 
         Shape: (B, C, S, S) -> (P, B, d), contiguous.
         """
-        feats = self._features(self.encoder, x, self.layers)
-        b, _, h0, w0 = feats[self.layers[0]].shape
-        out = torch.empty(h0, w0, b, self.n_features, dtype=feats[self.layers[0]].dtype, device=x.device)
+        feats = self._features(self.encoder, x, self.strides)
+        b, _, h0, w0 = feats[self.strides[0]].shape
+        out = torch.empty(h0, w0, b, self.n_features, dtype=feats[self.strides[0]].dtype, device=x.device)
         offset, col = 0, 0
-        for layer, c in zip(self.layers, self.layer_channels, strict=True):
+        for layer, c in zip(self.strides, self.layer_channels, strict=True):
             sel = self.channel_index[(self.channel_index >= offset) & (self.channel_index < offset + c)] - offset
             offset += c
             k = sel.numel()
@@ -210,7 +208,7 @@ class Padim(Detector):
 
     @torch.no_grad()
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 12 on the layer-1 grid. Shape: (B, C, H, W) -> (B, grid, grid)."""
+        """Eq. 12 on the finest tap's grid. Shape: (B, C, H, W) -> (B, grid, grid)."""
         self._check_fitted()
         check_images(x, "padim.predict")
         self.encoder.eval()

@@ -9,7 +9,7 @@ distance to the nearest memory-bank entry; the map is upsampled to the image siz
 the image score is the maximum of the map, optionally multiplied by the paper's re-weighting (Eq. 7 of Roth et
 al.: ``1 - softmax`` of the distances from the most anomalous patch to the neighbourhood of its nearest neighbour).
 
->>> # det = PatchCore(arch="resnet18", image_size=128)
+>>> # det = PatchCore(backbone="resnet18", image_size=128)
 >>> # det.fit(batches(train.images, 32), generator=make_generator(0))
 >>> # scores, maps = det.predict(test.images[:8])
 """
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import FrozenFeatures, check_images, check_layers, resize_square, to_image_map
+from msacl.detectors.common import FrozenFeatures, check_images, resize_square, to_image_map
 from msacl.errors import DataError, MsaclError
-from msacl.models.encoders import build_encoder
+from msacl.models.backbones import check_strides
+from msacl.models.encoders import Encoder
 from msacl.runs import make_generator
 
 
@@ -124,9 +125,9 @@ class PatchCore(Detector):
     """PatchCore detector.
 
     Args:
-        arch: encoder architecture (weights loaded by the caller into ``self.encoder.backbone``).
+        backbone: encoder backbone (weights: ``load_encoder``, which also sets the input normalisation).
         image_size: side of the square images it is fitted on; other sizes are resized to it in ``predict``.
-        layers: encoder layers of the patch features (layer2 + layer3 as in the paper).
+        strides: feature taps of the patch features (8 + 16 = ResNet layer2 + layer3, as in the paper).
         coreset_ratio: fraction of all training patches kept in the memory bank (paper: 0.1; 1.0 keeps all).
         projection_dim: dimension of the random projection used for the coreset search (reference: 128).
         sigma: Gaussian blur of the pixel map in pixels (4); 0 disables it.
@@ -136,21 +137,22 @@ class PatchCore(Detector):
     Buffers: ``memory_bank`` (M, D) and ``n_train``.
     """
 
-    def __init__(self, *, arch: str = "resnet18", image_size: int = 256,
-                 layers: Sequence[str] = ("layer2", "layer3"), coreset_ratio: float = 0.1,
+    def __init__(self, *, backbone: str = "resnet18", image_size: int = 256,
+                 strides: Sequence[int | str] = (8, 16), coreset_ratio: float = 0.1,
                  projection_dim: int = 128, sigma: float = 4.0, reweight: bool = False, num_neighbors: int = 9):
-        layers = check_layers(layers)
+        encoder = Encoder(backbone)
+        strides = check_strides(strides, encoder.spec)
         if not 0 < float(coreset_ratio) <= 1:
             raise MsaclError(f"patchcore: coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        super().__init__(arch=arch, image_size=int(image_size), layers=layers, coreset_ratio=float(coreset_ratio),
-                         projection_dim=int(projection_dim), sigma=float(sigma), reweight=bool(reweight),
-                         num_neighbors=int(num_neighbors))
-        self.encoder = build_encoder(arch)
+        super().__init__(backbone=backbone, image_size=int(image_size), strides=strides,
+                         coreset_ratio=float(coreset_ratio), projection_dim=int(projection_dim), sigma=float(sigma),
+                         reweight=bool(reweight), num_neighbors=int(num_neighbors))
+        self.encoder = encoder
         # Inference runs on a BatchNorm-folded channels-last copy: ~40 % less CPU time than the plain encoder.
         self._features = FrozenFeatures()
-        self.layers = layers
+        self.strides = strides
         self.image_size = int(image_size)
-        dim = sum(self.encoder.channels(l) for l in layers)
+        dim = sum(self.encoder.channels(s) for s in strides)
         self.pool = torch.nn.AvgPool2d(3, stride=1, padding=1)
         self.register_buffer("memory_bank", torch.zeros(0, dim))
         self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
@@ -165,10 +167,10 @@ class PatchCore(Detector):
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Locally aggregated patch features. Shape: (B, C, S, S) -> (B, D, h, w)."""
-        feats = self._features(self.encoder, x, self.layers)
-        size = feats[self.layers[0]].shape[-2:]
+        feats = self._features(self.encoder, x, self.strides)
+        size = feats[self.strides[0]].shape[-2:]
         parts = []
-        for layer in self.layers:
+        for layer in self.strides:
             f = self.pool(feats[layer])
             if f.shape[-2:] != size:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)

@@ -222,9 +222,8 @@ class TwoScaleDetector(Detector):
     ``patch_size`` patches (stride ``patch_stride``), as IGD and CCD train them.
 
     Weights: the global encoder is ``det.model.encoder`` (also ``det.encoder``), the local one
-    ``det.local.encoder``; their ``.backbone`` is a plain torchvision ResNet, so the CLI loads a weights
-    file with ``load_backbone_state(det.encoder.backbone, path)`` and, for a separate local encoder,
-    ``load_backbone_state(det.local.encoder.backbone, path)``, before ``fit``.
+    ``det.local.encoder``; ``det.load_encoder(source)`` and ``det.load_encoder(source, part="local")`` load
+    them (with their input normalisation) before ``fit``.
 
     Construction is deterministic: the networks are initialised under ``torch.manual_seed(init_seed)``
     inside ``torch.random.fork_rng`` (the caller's global RNG is untouched). ``fit`` then re-initialises
@@ -257,6 +256,9 @@ class TwoScaleDetector(Detector):
     def encoder(self) -> nn.Module:
         """The global model's ``Encoder`` (weights in ``.backbone``)."""
         return self.model.encoder
+
+    def encoder_parts(self) -> dict[str, nn.Module]:
+        return {name: net.encoder for name, net in self.nets()}
 
     def nets(self) -> list[tuple[str, nn.Module]]:
         return [("global", self.model)] + ([("local", self.local)] if self.local is not None else [])

@@ -1,12 +1,18 @@
 """Encoders, heads and decoders shared by ``pretrain`` and ``detectors``."""
 
+from msacl.models.backbones import STRIDES, TORCHVISION, BackboneError, BackboneSpec, backbone_spec
 from msacl.models.decoders import Critic, Decoder, LatentAutoencoder
-from msacl.models.encoders import ARCHS, Encoder, EncoderLoadError, build_backbone, build_encoder
+from msacl.models.encoders import IMAGENET, Encoder, EncoderLoadError, build_backbone, build_encoder
 from msacl.models.heads import AugClassifier, PatchPositionHead, ProjectionHead
+from msacl.models.weights import WeightsUnavailable, imagenet_state
 
 __all__ = [
-    "ARCHS",
+    "IMAGENET",
+    "STRIDES",
+    "TORCHVISION",
     "AugClassifier",
+    "BackboneError",
+    "BackboneSpec",
     "Critic",
     "Decoder",
     "Encoder",
@@ -14,6 +20,9 @@ __all__ = [
     "LatentAutoencoder",
     "PatchPositionHead",
     "ProjectionHead",
+    "WeightsUnavailable",
+    "backbone_spec",
     "build_backbone",
     "build_encoder",
+    "imagenet_state",
 ]

@@ -2,7 +2,7 @@
 
 ``LatentAutoencoder`` is f_theta (any ``Encoder`` plus a linear map to the latent space Z) followed by
 the decoder g_phi: Z -> X. The encoder's weights can come from any source (random, an ``msacl pretrain``
-``encoder.pt``, local ImageNet weights): they live in ``.encoder.backbone``, a plain torchvision ResNet.
+``encoder.pt``, ImageNet weights): ``.encoder`` is an ``msacl.models.Encoder`` of any backbone.
 
 >>> ae = LatentAutoencoder("resnet18", image_size=64, latent_dim=128)
 >>> z, x_rec = ae(torch.rand(2, 3, 64, 64))     # (2, 128), (2, 3, 64, 64) in [0, 1]
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msacl.models.encoders import build_encoder
+from msacl.models.encoders import Encoder
 
 STRIDE = 32
-"""Total down-sampling of a ResNet encoder; decoders start from the layer4 grid (H / 32, W / 32)."""
+"""Decoders start from a (H / 32, W / 32) grid (the deepest tap of every supported backbone)."""
 
 
 def image_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -103,7 +103,7 @@ class LatentAutoencoder(nn.Module):
     """f_theta (``Encoder`` + linear head, optionally tanh-bounded) and g_phi (``Decoder``).
 
     Args:
-        arch: ResNet architecture of the encoder (``msacl.models.ARCHS``).
+        backbone: backbone of the encoder (``msacl.models.backbones``).
         image_size: input/output size, multiple of 32.
         latent_dim: dimension of Z (128 in IGD and f-AnoGAN).
         channels: image channels reconstructed (1-channel input is repeated to 3 for the encoder).
@@ -114,10 +114,10 @@ class LatentAutoencoder(nn.Module):
         ``encode``: (B, C, H, W) -> (B, latent_dim); ``decode``: (B, latent_dim) -> (B, channels, H, W).
     """
 
-    def __init__(self, arch: str = "resnet18", *, image_size: int | tuple[int, int] = 64, latent_dim: int = 128,
+    def __init__(self, backbone: str = "resnet18", *, image_size: int | tuple[int, int] = 64, latent_dim: int = 128,
                  channels: int = 3, bounded: bool = False, width: int = 32):
         super().__init__()
-        self.encoder = build_encoder(arch)
+        self.encoder = Encoder(backbone)
         self.head = nn.Linear(self.encoder.out_dim, latent_dim)
         self.decoder = Decoder(latent_dim, image_size, channels, width=width)
         self.bounded = bounded

@@ -1,48 +1,57 @@
-"""Encoders shared by pre-training and the detectors: torchvision ResNets with feature taps.
+"""The encoder pre-training and the detectors share: a named backbone, its input normalisation and stride taps.
 
-The backbone is always a plain ``torchvision.models.ResNet`` so that the ``encoder.pt`` a pre-training
-run writes loads into ``torchvision.models.resnet18()`` (and hence into anomalib's backbones) with
-``strict=True``. Input normalisation is kept outside the state dict, as a non-persistent buffer.
+``Encoder("tf_efficientnet_lite0")`` wraps ``timm.create_model("tf_efficientnet_lite0")`` (or a torchvision
+ResNet, see ``msacl.models.backbones``). Its weights come from :meth:`Encoder.load_weights`: ``"imagenet"``
+(through the owning library, ``msacl.models.weights``), a weights file, or an ``msacl pretrain`` run's
+``encoder.pt``.
+
+The input normalisation belongs to the weights: ImageNet mean / std for torchvision's, 0.5 / 0.5 for
+Lite0's. It is written into ``encoder.pt`` (in the state dict's ``_metadata``, which ``load_state_dict``
+ignores, so the file still loads with ``strict=True`` into the plain constructor) and read back with the
+weights, and it is a buffer of every detector that holds the encoder: an encoder can only ever see inputs
+normalised the way its weights were trained.
+
+>>> enc = Encoder("resnet18")
+>>> feats = enc.features(torch.rand(2, 3, 64, 64), (4, 8, 16))
+>>> {s: tuple(f.shape) for s, f in feats.items()}
+{4: (2, 64, 16, 16), 8: (2, 128, 8, 8), 16: (2, 256, 4, 4)}
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from msacl.errors import CheckpointError
+from msacl.models.backbones import (
+    STRIDES,
+    TORCHVISION,
+    BackboneSpec,
+    backbone_spec,
+    check_strides,
+    pooled_features,
+    sequential_parts,
+)
 from msacl.runs import read_torch_file
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2")
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHS = TORCHVISION  # the torchvision names; any timm CNN works too (msacl.models.backbones)
+IMAGENET = "imagenet"
+"""The word accepted wherever a weights path is: the backbone's ImageNet weights."""
+_META_KEY = "msacl"
 
 
 class EncoderLoadError(CheckpointError):
     """A weights file that is missing, corrupt or of another architecture."""
 
 
-def build_backbone(arch: str = "resnet18", init: str | Path | None = None) -> torchvision.models.ResNet:
-    """A torchvision ResNet, randomly initialised or loaded from a local state-dict file.
-
-    Nothing is ever downloaded: ``init`` is a path to a file the user has (e.g. ImageNet weights saved
-    with ``torch.save(resnet.state_dict(), path)``, or the ``encoder.pt`` of an ``msacl pretrain`` run).
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}")
-    model = getattr(torchvision.models, arch)(weights=None)
-    if init is not None:
-        load_backbone_state(model, init)
-    return model
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a backbone state dict from ``path`` (plain, or nested under ``encoder``/``state_dict``)."""
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A backbone state dict from ``path`` (plain, or nested under ``encoder``/``state_dict``) and the msacl
+    metadata it carries (backbone, normalisation, source; empty for files written elsewhere)."""
     path = Path(path)
     obj = read_torch_file(path, error=EncoderLoadError, what="PyTorch weights file", missing="weights file not found")
     for key in ("encoder", "backbone", "state_dict", "model"):
@@ -51,61 +60,50 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise EncoderLoadError(f"{path}: does not hold a state dict of tensors")
+    meta = dict((getattr(obj, "_metadata", None) or {}).get("", {}).get(_META_KEY, {}))
     for prefix in ("module.", "backbone.", "encoder.", "model."):
         if obj and all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return obj
+    return dict(obj), meta
 
 
-def load_backbone_state(model: nn.Module, path: str | Path) -> None:
-    """Load weights from ``path`` into ``model``; the final ``fc`` layer may be absent or differ."""
-    state = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("fc.")]
-    shape = [k for k in own if k in state and state[k].shape != own[k].shape and not k.startswith("fc.")]
-    if missing or shape:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing keys (first: {missing[0]})")
-        if shape:
-            k = shape[0]
-            got, want = tuple(state[k].shape), tuple(own[k].shape)
-            detail.append(f"{len(shape)} shape mismatches (first: {k} {got} vs {want})")
-        raise EncoderLoadError(
-            f"{path}: weights do not fit a {type(model).__name__} of this architecture: " + "; ".join(detail)
-        )
-    state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(state, strict=False)
+def file_backbone(path: str | Path) -> str | None:
+    """The backbone an ``encoder.pt`` was written for (None for files without msacl metadata)."""
+    return read_state_dict(path)[1].get("backbone")
 
 
 class Encoder(nn.Module):
-    """A ResNet backbone with ImageNet-style input normalisation and named feature taps.
+    """A backbone with the input normalisation of its weights and feature taps by stride.
 
     Args:
-        backbone: a torchvision ResNet.
-        normalize: subtract ImageNet mean / divide by std (the statistics torchvision weights expect).
+        backbone: a torchvision ResNet name or any timm CNN with feature taps (``msacl.models.backbones``).
+        normalize: normalise inputs with the weights' mean / std (buffers ``mean`` and ``std``).
 
     Shape:
         input: images in [0, 1], (B, 3, H, W); single-channel input is repeated to 3 channels.
-        ``forward``: pooled features (B, D) with D = 512 for ResNet-18/34, 2048 for ResNet-50.
+        ``forward``: pooled features (B, out_dim); ``features``: {stride: (B, C_s, H / s, W / s)}.
     """
 
-    def __init__(self, backbone: torchvision.models.ResNet, *, normalize: bool = True):
+    def __init__(self, backbone: str = "resnet18", *, normalize: bool = True):
         super().__init__()
-        self.backbone = backbone
+        self.spec: BackboneSpec = backbone_spec(backbone)
+        self.backbone = self.spec.create()
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1))
+        self.source = "random init"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def out_dim(self) -> int:
-        return self.backbone.fc.in_features
+        return self.spec.out_dim
 
-    def channels(self, layer: str) -> int:
-        """Number of channels of a tapped layer's output."""
-        block = getattr(self.backbone, layer)[-1]
-        last_bn = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-        return last_bn.num_features
+    def channels(self, stride: int | str) -> int:
+        """Channels of the tap at ``stride`` (a ResNet layer name works too)."""
+        return self.spec.tap(check_strides([stride])[0]).channels
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -114,29 +112,106 @@ class Encoder(nn.Module):
             x = (x - self.mean) / self.std
         return x
 
-    def features(self, x: torch.Tensor, layers: Sequence[str] = LAYERS) -> dict[str, torch.Tensor]:
-        """Feature maps of the requested layers, stopping after the deepest one needed.
+    def features(self, x: torch.Tensor, strides: Sequence[int | str] = STRIDES) -> dict[int, torch.Tensor]:
+        """Feature maps at the requested strides, stopping after the deepest one needed.
 
-        Shape: (B, 3, H, W) -> {layer: (B, C_layer, H / s, W / s)} with s = 4, 8, 16, 32.
+        Shape: (B, 3, H, W) -> {stride: (B, C_stride, ~H / stride, ~W / stride)}.
         """
-        unknown = [l for l in layers if l not in LAYERS]
-        if unknown:
-            raise ValueError(f"unknown layer(s) {unknown}; choose from {list(LAYERS)}")
-        b = self.backbone
-        h = b.maxpool(b.relu(b.bn1(b.conv1(self._prep(x)))))
-        out: dict[str, torch.Tensor] = {}
-        deepest = max(LAYERS.index(l) for l in layers)
-        for name in LAYERS[: deepest + 1]:
-            h = getattr(b, name)(h)
-            if name in layers:
-                out[name] = h
+        wanted = {self.spec.tap(s).module: s for s in check_strides(strides, self.spec)}
+        h = self._prep(x)
+        out: dict[int, torch.Tensor] = {}
+        # Walked on every call: BatchNorm folding replaces modules, and the walk is a few dozen attribute reads.
+        for name, module in sequential_parts(self.backbone, list(wanted)):
+            h = module(h)
+            if name in wanted:
+                out[wanted[name]] = h
+                if len(out) == len(wanted):
+                    break
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x, ("layer4",))["layer4"]
-        return torch.flatten(self.backbone.avgpool(h), 1)
+        return pooled_features(self.backbone, self.spec.library, self._prep(x))
+
+    # ------------------------------------------------------------------ weights
+
+    def load_weights(self, source: str | Path | None) -> str:
+        """Load ``"imagenet"``, a weights file or an ``msacl pretrain`` ``encoder.pt``; None keeps random init.
+
+        The normalisation stored with the weights (or, for a file written elsewhere, the backbone's own)
+        replaces this encoder's. Returns a description of the weights, also kept in ``self.source``.
+
+        Raises:
+            EncoderLoadError: the file is missing or corrupt, or holds another architecture (the first key
+                that does not fit is named).
+            WeightsUnavailable: ImageNet weights that cannot be had (the message says which file to put where).
+        """
+        if source is None:
+            return self.source
+        if str(source) == IMAGENET:
+            from msacl.models.weights import imagenet_state
+
+            state, desc = imagenet_state(self.spec.name)
+            meta: dict[str, Any] = {}
+            where = f"ImageNet weights of {self.spec.name}"
+        else:
+            state, meta = read_state_dict(source)
+            desc, where = str(source), str(source)
+            theirs = meta.get("backbone")
+            if theirs and theirs != self.spec.name:
+                raise EncoderLoadError(f"{source}: weights of backbone {theirs!r}, not {self.spec.name!r} "
+                                       f"(use --backbone {theirs})")
+        self._load_state(state, where)
+        mean, std = meta.get("mean", self.spec.mean), meta.get("std", self.spec.std)
+        with torch.no_grad():
+            self.mean.copy_(torch.tensor(mean, dtype=self.mean.dtype).view(1, 3, 1, 1))
+            self.std.copy_(torch.tensor(std, dtype=self.std.dtype).view(1, 3, 1, 1))
+        self.source = str(meta.get("source", desc)) if meta else desc
+        return self.source
+
+    def _load_state(self, state: dict[str, torch.Tensor], where: str) -> None:
+        own = self.backbone.state_dict()
+        head = self.spec.head_prefixes
+        # BatchNorm counters are not weights (ported files, such as Lite0's, have none)
+        missing = [k for k in own
+                   if k not in state and not k.startswith(head) and not k.endswith("num_batches_tracked")]
+        shape = [k for k in own if k in state and state[k].shape != own[k].shape and not k.startswith(head)]
+        if missing or shape:
+            detail = []
+            if missing:
+                detail.append(f"{len(missing)} missing keys (first: {missing[0]})")
+            if shape:
+                k = shape[0]
+                detail.append(f"{len(shape)} shape mismatches (first: {k} {tuple(state[k].shape)} "
+                              f"vs {tuple(own[k].shape)})")
+            raise EncoderLoadError(f"{where}: weights do not fit a {self.spec.name} backbone: " + "; ".join(detail))
+        fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+        self.backbone.load_state_dict(fitting, strict=False)
+
+    def export_state(self) -> OrderedDict[str, torch.Tensor]:
+        """The backbone's state dict (float32, CPU) with this encoder's normalisation in its metadata: what
+        ``encoder.pt`` holds. Loads with ``strict=True`` into the plain torchvision / timm constructor."""
+        raw = self.backbone.state_dict()
+        state: OrderedDict[str, torch.Tensor] = OrderedDict(
+            (k, (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()) for k, v in raw.items())
+        meta = dict(getattr(raw, "_metadata", {}) or {})
+        meta[""] = dict(meta.get("", {}), **{_META_KEY: self.metadata()})
+        state._metadata = meta  # type: ignore[attr-defined]
+        return state
+
+    def metadata(self) -> dict[str, Any]:
+        """Backbone, library, normalisation and source of the weights (written beside ``encoder.pt`` too)."""
+        return {"backbone": self.spec.name, "library": self.spec.library,
+                "mean": [round(float(v), 6) for v in self.mean.flatten()],
+                "std": [round(float(v), 6) for v in self.std.flatten()], "source": self.source}
 
 
-def build_encoder(arch: str = "resnet18", init: str | Path | None = None, *, normalize: bool = True) -> Encoder:
-    """Convenience: ``Encoder(build_backbone(arch, init))``."""
-    return Encoder(build_backbone(arch, init), normalize=normalize)
+def build_encoder(backbone: str = "resnet18", init: str | Path | None = None, *, normalize: bool = True) -> Encoder:
+    """``Encoder(backbone)`` with weights from ``init`` (``"imagenet"``, a file, or None for random init)."""
+    enc = Encoder(backbone, normalize=normalize)
+    enc.load_weights(init)
+    return enc
+
+
+def build_backbone(backbone: str = "resnet18", init: str | Path | None = None) -> nn.Module:
+    """The bare network of ``build_encoder`` (a plain torchvision / timm model)."""
+    return build_encoder(backbone, init).backbone

@@ -1,8 +1,11 @@
 """Heads put on top of an encoder during self-supervised pre-training (MSACL Sec. 3.1, CCD Sec. 2.1).
 
-f_theta in both papers is the backbone followed by an MLP projection head into Z (Z = 128, MSACL Sec. 4.2);
-the pretext heads f_beta (augmentation class, Eq. 8) and f_gamma (relative patch position, Eq. 9) read Z.
-Only the backbone is kept after pre-training; these heads are discarded.
+f_theta in both papers is the backbone followed by an MLP projection head into Z (Z = 128, MSACL Sec. 4.2).
+The equations write the pretext heads f_beta (augmentation class, Eq. 8) and f_gamma (relative patch
+position, Eq. 9) on f_theta; like the released CCD code they read the backbone's pooled features h here,
+not Z: the multi-centring loss contracts Z towards frozen centres, and a classifier behind that
+contraction loses its input exactly when the centres barely differ (issue 11). Only the backbone is kept
+after pre-training; these heads are discarded.
 """
 
 from __future__ import annotations
@@ -35,33 +38,42 @@ class ProjectionHead(nn.Module):
 
 
 class AugClassifier(nn.Module):
-    """f_beta: Z -> K logits of the strong augmentation class (MSACL Eq. 8, CCD Eq. 3).
+    """f_beta: pooled backbone features h -> K logits of the strong augmentation class (MSACL Eq. 8, CCD Eq. 3).
 
     The papers write f_beta with a softmax output in [0, 1]^K; we return logits and let the
     cross-entropy apply the (log-)softmax, which is the same loss computed stably.
 
+    Args:
+        dim: size of h (the encoder's ``out_dim``: 512 for ResNet-18).
+        num_classes: K.
+
     Shape:
-        input: (N, Z); output: (N, K).
+        input: (N, dim); output: (N, K).
     """
 
-    def __init__(self, dim: int = 128, num_classes: int = 4):
+    def __init__(self, dim: int = 512, num_classes: int = 4):
         super().__init__()
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc(z)
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h)
 
 
 class PatchPositionHead(nn.Module):
-    """f_gamma: Z x Z -> 8 logits of where the second patch lies around the first (MSACL Eq. 9, CCD Eq. 4).
+    """f_gamma: h x h -> 8 logits of where the second patch lies around the first (MSACL Eq. 9, CCD Eq. 4).
 
-    As in Doersch et al. (2015) the two representations are concatenated and classified by a small MLP.
+    As in Doersch et al. (2015) the two pooled backbone features are concatenated and classified by a
+    small MLP.
+
+    Args:
+        dim: size of h (the encoder's ``out_dim``).
+        hidden_dim: width of the hidden layer.
 
     Shape:
-        centre, neighbour: (N, Z); output: (N, 8).
+        centre, neighbour: (N, dim); output: (N, 8).
     """
 
-    def __init__(self, dim: int = 128, hidden_dim: int = 128):
+    def __init__(self, dim: int = 512, hidden_dim: int = 128):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(2 * dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, NUM_POSITIONS)
