@@ -5,13 +5,18 @@ Training has two phases, as in f-AnoGAN:
 1. a WGAN-GP (Gulrajani et al. 2017): the generator g_phi (a ``Decoder``) maps z ~ U(-1, 1)^d to images
    and a critic without normalisation layers is trained ``n_critic`` times per generator step with the
    gradient penalty ``lambda_gp * (||grad D(x^)||_2 - 1)^2``;
-2. encoder training with g_phi and the critic frozen: f_theta (ResNet + linear head + tanh, so that it
-   lands in the prior's [-1, 1]) minimises reconstruction losses in image and representation space
-   (CCD Sec. 2.2): ``mean((x - g(f(x)))^2) + kappa * mean((f(x) - f(g(f(x))))^2)``.
+2. izi_f encoder training with g_phi and the critic frozen: the encoder E (ResNet + linear head + tanh, so
+   that it lands in the prior's [-1, 1]) minimises reconstruction losses in image space and in the space of
+   the frozen critic's features d(.) (its last convolutional layer, ``Critic.features``), as f-AnoGAN's
+   L_izi_f (Schlegl et al. 2019, Sec. 2.3): ``mean((x - g(E(x)))^2) + kappa * mean((d(x) - d(g(E(x))))^2)``.
+   Gradients reach E through the frozen critic and generator; their weights do not change.
 
-Anomaly score (CCD Eq. 7): ``||x - g(f(x))|| + kappa * ||f(x) - f(g(f(x)))||``, each norm divided by the
-square root of its number of elements (a root mean square; ours, so that the two terms do not scale with
-image size and latent size). Heat map: ``|x - g(f(x))|`` per pixel (channel mean), Gaussian-blurred.
+Anomaly score (CCD Eq. 7 with f-AnoGAN's feature residual): ``||x - g(E(x))|| + kappa * ||d(x) - d(g(E(x)))||``,
+each norm divided by the square root of its number of elements (a root mean square; ours, so that the two
+terms do not scale with image or feature size). CCD Eq. 7 writes the encoder f_theta in the second term;
+f-AnoGAN's A_D(x) and the izi_f loss use the discriminator's features, which we follow (an encoder residual
+would be a term the encoder itself was trained to shrink, on anomalies as well). Heat map:
+``|x - g(E(x))|`` per pixel (channel mean), Gaussian-blurred.
 With ``local=True`` a second GAN + encoder on 32 x 32 patches adds each patch's score to the map and the
 image score becomes ``nu * s_G + (1 - nu) * mean patch s_L`` (ours).
 
@@ -68,46 +73,50 @@ def generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.mean()
 
 
-def izif_loss(x: torch.Tensor, x_rec: torch.Tensor, z: torch.Tensor, z_rec: torch.Tensor, *,
+def izif_loss(x: torch.Tensor, x_rec: torch.Tensor, f: torch.Tensor, f_rec: torch.Tensor, *,
               kappa: float = 1.0) -> torch.Tensor:
-    """Encoder training loss: reconstruction in image and representation space (CCD Sec. 2.2),
-    ``mean((x - x~)^2) + kappa * mean((z - z~)^2)`` with x~ = g(f(x)), z~ = f(x~).
+    """f-AnoGAN's L_izi_f: ``mean((x - x~)^2) + kappa * mean((d(x) - d(x~))^2)``, x~ = g(E(x)), d the frozen
+    critic's features (``f = d(x)``, ``f_rec = d(x~)``).
 
     Shape:
-        x, x_rec: (B, C, H, W); z, z_rec: (B, D).
+        x, x_rec: (B, C, H, W); f, f_rec: (B, D).
         returns: scalar.
     """
-    return ((x - x_rec) ** 2).mean() + kappa * ((z - z_rec) ** 2).mean()
+    return ((x - x_rec) ** 2).mean() + kappa * ((f - f_rec) ** 2).mean()
 
 
-def fanogan_score(x: torch.Tensor, x_rec: torch.Tensor, z: torch.Tensor, z_rec: torch.Tensor, *,
+def fanogan_score(x: torch.Tensor, x_rec: torch.Tensor, f: torch.Tensor, f_rec: torch.Tensor, *,
                   kappa: float = 1.0) -> torch.Tensor:
-    """CCD Eq. 7: ||x - g(f(x))|| + kappa * ||f(x) - f(g(f(x)))||, each L2 norm divided by sqrt(numel).
+    """CCD Eq. 7 with the critic's features: ||x - x~|| + kappa * ||d(x) - d(x~)||, each L2 norm divided by
+    sqrt(numel); x~ = g(E(x)), ``f = d(x)``, ``f_rec = d(x~)``.
 
     Shape:
-        x, x_rec: (B, C, H, W); z, z_rec: (B, D).
+        x, x_rec: (B, C, H, W); f, f_rec: (B, D).
         returns: (B,).
     """
     image = (x - x_rec).flatten(1).norm(dim=1) / x[0].numel() ** 0.5
-    latent = (z - z_rec).norm(dim=1) / z.shape[1] ** 0.5
-    return image + kappa * latent
+    feature = (f - f_rec).flatten(1).norm(dim=1) / f[0].numel() ** 0.5
+    return image + kappa * feature
 
 
 # ---------------------------------------------------------------- model
 
 
 class FAnoGANNet(LatentAutoencoder):
-    """f_theta (bounded latent), generator g_phi (``.decoder``) and the WGAN-GP critic."""
+    """Encoder E = f_theta (bounded latent), generator g_phi (``.decoder``) and the WGAN-GP critic d."""
 
-    def __init__(self, arch: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
-        super().__init__(arch, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width,
+    def __init__(self, backbone: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
+        super().__init__(backbone, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width,
                          bounded=True)
         self.critic = Critic(image_size, channels, width=width)
 
     def residuals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        x_rec = self.decode(z)
-        return x, x_rec, z, self.encode(x_rec)
+        """What izi_f compares: x, x~ = g(E(x)), and the critic's features d(x), d(x~).
+
+        Shape: (B, C, H, W) -> (B, C, H, W), (B, C, H, W), (B, D), (B, D), D = ``critic.features`` size.
+        """
+        x_rec = self.decode(self.encode(x))
+        return x, x_rec, self.critic.features(x), self.critic.features(x_rec)
 
 
 @register("fanogan")
@@ -115,18 +124,18 @@ class FAnoGAN(TwoScaleDetector):
     """F-anoGAN detector on any encoder.
 
     Args:
-        arch: encoder architecture (weights: ``det.encoder.backbone``; local: ``det.local.encoder.backbone``).
+        backbone: encoder backbone (weights: ``det.load_encoder(source)``; local: ``part="local"``).
         image_size: image size, a multiple of 32. channels: image channels. latent_dim: size of Z (128).
         local: also train a local GAN + encoder on ``patch_size`` patches (stride ``patch_stride``),
             ``patches_per_image`` random patches per image per step; nu weighs global against local (ours 0.5).
         gan_epochs: WGAN-GP epochs; epochs: encoder epochs (defaults ours). batch_size.
         lr: Adam lr 1e-4 with betas (0, 0.9) for both phases (WGAN-GP). n_critic: critic steps per
-            generator step (5); lambda_gp: gradient penalty weight (10); kappa: latent term weight (1).
+            generator step (5); lambda_gp: gradient penalty weight (10); kappa: weight of the critic-feature term (1).
         blur_sigma: Gaussian blur of the map (anomalib's 4). width: generator/critic width.
         init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
                  latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
                  patches_per_image: int = 16, gan_epochs: int = 100, epochs: int = 50, batch_size: int = 32,
                  lr: float = 1e-4, n_critic: int = 5, lambda_gp: float = 10.0, kappa: float = 1.0, nu: float = 0.5,
@@ -140,7 +149,7 @@ class FAnoGAN(TwoScaleDetector):
 
     def build_net(self, hw: tuple[int, int]) -> FAnoGANNet:
         c = self.config
-        return FAnoGANNet(c["arch"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
+        return FAnoGANNet(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
                           width=c["width"])
 
     def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:

@@ -1,23 +1,26 @@
-"""IGD: interpolated Gaussian descriptor (Chen et al. 2021), as used by MSACL (Sec. 3.3, Eq. 10-11) and
-CCD (Sec. 2.2, Eq. 5-6).
+"""IGD: interpolated Gaussian descriptor (Chen et al., AAAI 2022), as its authors released it and as MSACL
+(Sec. 3.3, Eq. 10-11) and CCD (Sec. 2.2, Eq. 5-6) write it.
 
-An auto-encoder (f_theta any ResNet encoder + linear head, g_phi a decoder) is trained with
+An auto-encoder (f_theta any ResNet encoder + linear head, g_phi a decoder) is trained, the global model on
+whole images and the local one on patches, each on its own, with the loss of the IGD release
+(github.com/tianyu0207/IGD, ``p32/ssim_main.py``, ``train``: ``encoder_loss = ms_ssim_l1 + svdd_loss +
+0.1 * reg_inter``):
 
-* the reconstruction loss of Eq. 11 for one model, ``rho * MAE + (1 - rho) * (1 - MS-SSIM)``,
-* a Gaussian anomaly classifier h_psi(z) = exp(-||z - c||^2 / sigma) whose loss ``mean(1 - h)`` pulls
-  normal latents towards the centre c (c and sigma are re-estimated from the training latents at the
-  start of every epoch and after training, and kept as buffers),
-* the adversarially constrained interpolation regulariser of ACAI (Berthelot et al. 2019): a critic
-  learns to predict the coefficient alpha of decoded latent interpolations, and the auto-encoder is
+* ``ms_ssim_l1 = 0.85 * (1 - MS-SSIM) + 0.15 * MAE``, i.e. Eq. 11 for one model with rho = 0.15;
+* ``svdd_loss = mean(1 - h)``, h_psi(z) = exp(-||z - c||^2 / sigma) the Gaussian descriptor (c and sigma are
+  re-estimated from the training latents at the start of every epoch and after training, kept as buffers);
+* ``reg_inter``: the adversarially constrained interpolation regulariser of ACAI (Berthelot et al. 2019): a
+  critic learns to predict the coefficient alpha of decoded latent interpolations, and the auto-encoder is
   trained to make it answer 0.
 
-Anomaly score (Eq. 10): ``s = xi * rec + (1 - xi) * (1 - h)``, where ``rec`` is Eq. 11 with the global
-(whole image) MS-SSIM m_G and, with ``local=True``, the local model's mean patch MS-SSIM m_L.
-Heat map: the global map ``rho * |x - x~| + (1 - rho) * (1 - SSIM map)`` plus the local map, each
-32 x 32 patch's own s_IGD spread over its pixels (averaged where patches overlap).
+Two scorings, ``"released"`` (default) and ``"paper"`` (MSACL Eq. 10-11): see ``IGD``.
+
+Where ours differs from the release: SSIM maps are single-scale (the release upsamples every scale's map);
+overlapping patch maps are averaged (the release sums them with ``F.fold``); the release's patch L1 at test
+time is a signed mean (``(img - rec).mean()``), ours the MAE its training loss and 256 px score use.
 
 >>> det = IGD(image_size=64, local=True, epochs=1)
->>> # load_backbone_state(det.encoder.backbone, "encoder.pt"); det.local.encoder.backbone likewise
+>>> # det.load_encoder("runs/pre"); det.load_encoder("runs/pre_local", part="local")
 >>> # det.fit(batches(train.images, 32), generator=make_generator(0))
 >>> # scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from msacl.config import ConfigError
 from msacl.detectors.base import register
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.training import (
@@ -33,6 +37,7 @@ from msacl.detectors.training import (
     check_positive,
     check_unit,
     config_of,
+    patch_grid,
     rand,
     randperm,
     run_epochs,
@@ -92,13 +97,70 @@ def reconstruction_error(l1: torch.Tensor, m_global: torch.Tensor, m_local: torc
 
 
 def igd_score(rec: torch.Tensor, h: torch.Tensor, *, xi: float = 0.9) -> torch.Tensor:
-    """Eq. 10 of MSACL (Eq. 5 of CCD): s_IGD = xi * l_rec + (1 - xi) * (1 - h). xi = 0.9 as the IGD release.
+    """Eq. 10 of MSACL (Eq. 5 of CCD): s_IGD = xi * l_rec + (1 - xi) * (1 - h). The release's local patch
+    score has xi = 0.9, its global score xi = 0.1 (see ``released_score``).
 
     Shape:
         rec, h: (B,).
         returns: (B,), larger = more anomalous.
     """
     return xi * rec + (1 - xi) * (1 - h)
+
+
+def released_score(rec_g: torch.Tensor, h_g: torch.Tensor, rec_p: torch.Tensor | None = None,
+                   h_p: torch.Tensor | None = None, *, xi_global: float = 0.1, xi_local: float = 0.9,
+                   beta: float = 0.5) -> torch.Tensor:
+    """Image score of the IGD release (``multi_scale/inference_det.py``): ``s_G = 0.1 * rec_G + 0.9 * (1 - h_G)``,
+    ``s_L = max_p (0.9 * rec_p + 0.1 * (1 - h_p))``, ``beta * s_L + (1 - beta) * s_G`` (beta 0.5); ``s_G``
+    without patches.
+
+    Shape:
+        rec_g, h_g: (B,) of the global model; rec_p, h_p: (B, P) of the local model, per patch.
+        returns: (B,), larger = more anomalous.
+    """
+    s_g = igd_score(rec_g, h_g, xi=xi_global)
+    if rec_p is None or h_p is None:
+        return s_g
+    return beta * igd_score(rec_p, h_p, xi=xi_local).amax(1) + (1 - beta) * s_g
+
+
+def pixel_reconstruction(x: torch.Tensor, x_rec: torch.Tensor, *, rho: float = 0.15) -> torch.Tensor:
+    """Eq. 11 per pixel, ``rho * |x - x~| + (1 - rho) * (1 - SSIM map)`` (channel means; single-scale SSIM).
+
+    Shape:
+        x, x_rec: (B, C, H, W).
+        returns: (B, 1, H, W).
+    """
+    return rho * (x - x_rec).abs().mean(1, keepdim=True) + (1 - rho) * (1 - ssim_map(x, x_rec))
+
+
+def place_patch_maps(maps: torch.Tensor, hw: tuple[int, int], *, patch: int = 32, stride: int = 16) -> torch.Tensor:
+    """Put each patch's map back where the patch was cut and average where patches overlap.
+
+    Shape:
+        maps: (B, P, 1, patch, patch) in ``extract_patches`` order.
+        returns: (B, 1, H, W).
+    """
+    rows, cols = patch_grid(hw[0], patch, stride), patch_grid(hw[1], patch, stride)
+    total = maps.new_zeros(maps.shape[0], 1, *hw)
+    count = maps.new_zeros(1, 1, *hw)
+    for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
+        total[:, :, r:r + patch, c:c + patch] += maps[:, k]
+        count[:, :, r:r + patch, c:c + patch] += 1
+    return total / count
+
+
+def igd_loss(rec: torch.Tensor, h: torch.Tensor, pred_mix: torch.Tensor, *, w_rec: float = 1.0,
+             w_gauss: float = 1.0, w_interp: float = 0.1) -> torch.Tensor:
+    """Auto-encoder loss, ``w_rec * mean(rec) + w_gauss * mean(1 - h) + w_interp * mean(pred_mix^2)``; the
+    defaults are the release's ``ms_ssim_l1 + svdd_loss + 0.1 * reg_inter`` (``p32/ssim_main.py``).
+
+    Shape:
+        rec: (B,) Eq. 11 per image; h: (B,) ``gaussian_descriptor``; pred_mix: (B,) critic on interpolations.
+        returns: scalar.
+    """
+    return (w_rec * rec.mean() + w_gauss * anomaly_classification_loss(h)
+            + w_interp * interpolation_regulariser(pred_mix))
 
 
 def interpolation_critic_loss(pred_mix: torch.Tensor, alpha: torch.Tensor, pred_blend: torch.Tensor) -> torch.Tensor:
@@ -129,8 +191,8 @@ def interpolation_regulariser(pred_mix: torch.Tensor) -> torch.Tensor:
 class IGDNet(LatentAutoencoder):
     """Encoder f_theta, decoder g_phi, the interpolation critic, and the Gaussian (buffers ``c``, ``sigma``)."""
 
-    def __init__(self, arch: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
-        super().__init__(arch, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width)
+    def __init__(self, backbone: str, *, image_size: tuple[int, int], latent_dim: int, channels: int, width: int):
+        super().__init__(backbone, image_size=image_size, latent_dim=latent_dim, channels=channels, width=width)
         self.critic = Critic(image_size, channels, width=width)
         self.register_buffer("c", torch.zeros(latent_dim))
         self.register_buffer("sigma", torch.ones(()))
@@ -145,10 +207,21 @@ def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @register("igd")
 class IGD(TwoScaleDetector):
-    """IGD detector on any encoder. Defaults follow the IGD release where it gives them.
+    """IGD detector on any encoder. Defaults follow the IGD release (github.com/tianyu0207/IGD) where it
+    gives them. Scores and maps, with rec = Eq. 11 of one model, ``0.15 * MAE + 0.85 * (1 - MS-SSIM)``:
+
+    * ``scoring="released"`` (default; ``multi_scale/inference_det.py``): global ``s_G = 0.1 * rec_G + 0.9 *
+      (1 - h_G)``; local ``s_L = max over patches of 0.9 * rec_p + 0.1 * (1 - h_p)``; image score
+      ``0.5 * s_L + 0.5 * s_G`` (``s_G`` alone without a local model). Map (``multi_scale/inference_loc.py``): the
+      reconstruction residual alone (no Gaussian term), ``0.5 * local + 0.5 * global``; the global map is
+      ``rho * |x - x~| + (1 - rho) * (1 - SSIM map)`` per pixel, the local map the same residual of each patch
+      put back in place, averaged where patches overlap.
+    * ``scoring="paper"``: MSACL Eq. 10, ``s = xi * rec + (1 - xi) * (1 - h_G)`` with Eq. 11's rec mixing the global
+      MS-SSIM m_G and the local model's mean patch MS-SSIM m_L; map: the global per-pixel Eq. 10 plus each
+      32 x 32 patch's own s_IGD spread over its pixels (averaged where patches overlap), summed as Sec. 3.3 says.
 
     Args:
-        arch: encoder architecture (weights: ``det.encoder.backbone``; local: ``det.local.encoder.backbone``).
+        backbone: encoder backbone (weights: ``det.load_encoder(source)``; local: ``part="local"``).
         image_size: training/test image size, a multiple of 32.
         channels: image channels.
         latent_dim: size of Z (128, IGD).
@@ -156,29 +229,39 @@ class IGD(TwoScaleDetector):
         patches_per_image: random patches per image in each local training step (ours: 16).
         epochs, batch_size, lr: Adam with betas (0, 0.9), weight decay 1e-6 and polynomial decay
             (power 0.9) per step, lr 1e-4 (IGD release); the release trains 256 epochs.
-        rho, xi: Eq. 11 / Eq. 10 weights (IGD release: 0.15, 0.9); nu: global vs local MS-SSIM (ours: 0.5).
-        w_rec, w_gauss, w_interp: loss weights of reconstruction, Gaussian classification, interpolation
-            regulariser (IGD release: 10, 0.1, 0.1).
+        scoring: ``"released"`` (the release's scores and maps, ``multi_scale/inference_det.py`` and
+            ``inference_loc.py``) or ``"paper"`` (MSACL Eq. 10-11 as printed). Training is the same for both.
+        rho: MAE weight of Eq. 11, in the loss and both scorings (release: 0.15, on 0.85 * (1 - MS-SSIM)).
+        xi_global, xi_local, beta: ``"released"`` only: reconstruction weight of the global score (0.1) and of
+            each patch's local score (0.9), and weight of the local score in the fusion (0.5).
+        xi, nu: ``"paper"`` only: xi of Eq. 10 (0.9); nu, global vs local MS-SSIM in Eq. 11 (ours: 0.5).
+        w_rec, w_gauss, w_interp: loss weights of reconstruction, Gaussian classification and interpolation
+            regulariser (release: ``ms_ssim_l1 + svdd_loss + 0.1 * reg_inter``, so 1, 1, 0.1; the
+            ``rec_f = 10``, ``svd_f = 0.1`` that script also defines do not enter its loss).
         gamma: blend of image and reconstruction the critic must call 0 (ACAI: 0.2).
         freeze_encoder: keep the (pre-trained) ResNet fixed and train only head, decoder and critic.
         width: decoder/critic width (ours: 32). init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, arch: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
+    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
                  latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
                  patches_per_image: int = 16, epochs: int = 256, batch_size: int = 32, lr: float = 1e-4,
-                 rho: float = 0.15, xi: float = 0.9, nu: float = 0.5, w_rec: float = 10.0, w_gauss: float = 0.1,
+                 rho: float = 0.15, xi: float = 0.9, nu: float = 0.5, w_rec: float = 1.0, w_gauss: float = 1.0,
                  w_interp: float = 0.1, gamma: float = 0.2, freeze_encoder: bool = False, width: int = 32,
-                 init_seed: int = 0):
+                 init_seed: int = 0, scoring: str = "released", xi_global: float = 0.1, xi_local: float = 0.9,
+                 beta: float = 0.5):
         config = config_of(locals())
-        for key in ("rho", "xi", "nu", "gamma"):
+        for key in ("rho", "xi", "nu", "gamma", "xi_global", "xi_local", "beta"):
             check_unit(key, config[key])
+        if scoring not in ("released", "paper"):
+            raise ConfigError(f"scoring must be 'released' or 'paper', got {scoring!r}")
         check_positive("latent_dim", latent_dim)
         super().__init__(**config)
 
     def build_net(self, hw: tuple[int, int]) -> IGDNet:
         c = self.config
-        return IGDNet(c["arch"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"], width=c["width"])
+        return IGDNet(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
+                      width=c["width"])
 
     # -------------------------------------------------------------- training
 
@@ -236,14 +319,13 @@ class IGD(TwoScaleDetector):
             net.c, net.sigma = gaussian_parameters(z.detach())
             self._fresh.discard(key)
         self._latents.setdefault(key, []).append(z.detach())
-        rec = reconstruction_error(_l1(x, x_rec), ms_ssim(x, x_rec), rho=c["rho"]).mean()
-        l_gauss = anomaly_classification_loss(net.h(z))
+        rec, h = reconstruction_error(_l1(x, x_rec), ms_ssim(x, x_rec), rho=c["rho"]), net.h(z)
         # ACAI: interpolate each latent with another one of the batch, alpha in [0, 0.5]
         alpha = rand((x.shape[0],), g, z) * 0.5
         partner = z[randperm(x.shape[0], g, z)]
         x_mix = net.decode(alpha[:, None] * z + (1 - alpha[:, None]) * partner)
-        l_interp = interpolation_regulariser(net.critic(x_mix))
-        loss = c["w_rec"] * rec + c["w_gauss"] * l_gauss + c["w_interp"] * l_interp
+        pred_mix = net.critic(x_mix)
+        loss = igd_loss(rec, h, pred_mix, w_rec=c["w_rec"], w_gauss=c["w_gauss"], w_interp=c["w_interp"])
         opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         opt_ae.step()
@@ -253,7 +335,8 @@ class IGD(TwoScaleDetector):
         opt_critic.zero_grad(set_to_none=True)
         l_critic.backward()
         opt_critic.step()
-        return {"rec": rec.item(), "gauss": l_gauss.item(), "interp": l_interp.item(), "critic": l_critic.item()}
+        return {"loss": loss.item(), "rec": rec.mean().item(), "gauss": anomaly_classification_loss(h).item(),
+                "interp": interpolation_regulariser(pred_mix).item(), "critic": l_critic.item()}
 
     @torch.no_grad()
     def _estimate_gaussians(self, data: torch.Tensor, g: torch.Generator) -> None:
@@ -275,19 +358,32 @@ class IGD(TwoScaleDetector):
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         z, x_rec = self.model(x)
+        rho = c["rho"]
         l1, m_g, h = _l1(x, x_rec), ms_ssim(x, x_rec), self.model.h(z)
-        # Both heat maps are Eq. 10 (MSACL Sec. 3.3) before they are summed: per pixel for the global model,
-        # per patch for the local one.
-        pixel_rec = c["rho"] * (x - x_rec).abs().mean(1, keepdim=True) + (1 - c["rho"]) * (1 - ssim_map(x, x_rec))
-        pixel = c["xi"] * pixel_rec + (1 - c["xi"]) * (1 - h).view(-1, 1, 1, 1)
-        m_l = None
+        pixel_rec = pixel_reconstruction(x, x_rec, rho=rho)
+        patches = None
         if self.local is not None:
             def patch_terms(p: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 zp, p_rec = self.local(p)
-                return _l1(p, p_rec), ms_ssim(p, p_rec), self.local.h(zp)
+                return _l1(p, p_rec), ms_ssim(p, p_rec), self.local.h(zp), pixel_reconstruction(p, p_rec, rho=rho)
 
-            l1_p, m_p, h_p = self.local_apply(x, patch_terms)  # each (B, P)
-            s_p = igd_score(reconstruction_error(l1_p, m_p, rho=c["rho"]), h_p, xi=c["xi"])
+            patches = self.local_apply(x, patch_terms)  # (B, P) each, maps (B, P, 1, p, p)
+        if c["scoring"] == "released":  # reconstruction-only maps, 0.5 / 0.5 (inference_loc.py)
+            rec_g = reconstruction_error(l1, m_g, rho=rho)
+            if patches is None:
+                return released_score(rec_g, h, xi_global=c["xi_global"]), pixel_rec
+            l1_p, m_p, h_p, map_p = patches
+            local_map = place_patch_maps(map_p, self.hw, patch=int(c["patch_size"]), stride=int(c["patch_stride"]))
+            score = released_score(rec_g, h, reconstruction_error(l1_p, m_p, rho=rho), h_p,
+                                   xi_global=c["xi_global"], xi_local=c["xi_local"], beta=c["beta"])
+            return score, c["beta"] * local_map + (1 - c["beta"]) * pixel_rec
+        # "paper": both heat maps are Eq. 10 (MSACL Sec. 3.3) before they are summed: per pixel for the global
+        # model, per patch for the local one.
+        pixel = c["xi"] * pixel_rec + (1 - c["xi"]) * (1 - h).view(-1, 1, 1, 1)
+        m_l = None
+        if patches is not None:
+            l1_p, m_p, h_p, _ = patches
+            s_p = igd_score(reconstruction_error(l1_p, m_p, rho=rho), h_p, xi=c["xi"])
             pixel = pixel + self.spread(s_p)
             m_l = m_p.mean(1)
         rec = reconstruction_error(l1, m_g, m_l, rho=c["rho"], nu=c["nu"])
