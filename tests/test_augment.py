@@ -264,3 +264,107 @@ def test_uniform_draws_follow_the_generator_device():
     lu = AF.log_uniform(10000, 0.5, 2.0, generator=g)
     assert abs(torch.log(lu).mean().item()) < 0.03 and lu.min() >= 0.5 and lu.max() < 2.0 + 1e-6
     assert math.isclose(AF.random_order(3, 4, generator=g, device="cpu").sort(1).values.sum().item(), 18)
+
+
+# ---------------------------------------------------------------- weak crops that keep given boxes
+
+
+def random_boxes(b: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Boxes of 3 px to 60 % of each side anywhere inside an h x w image; a random number absent (-1) per row.
+
+    Shape: (b, k, 4) as top, left, height, width.
+    """
+    g = gen(seed)
+    bh = (3 + torch.rand(b, k, generator=g) * (0.6 * h - 3)).long()
+    bw = (3 + torch.rand(b, k, generator=g) * (0.6 * w - 3)).long()
+    top = (torch.rand(b, k, generator=g) * (h - bh + 1)).long()
+    left = (torch.rand(b, k, generator=g) * (w - bw + 1)).long()
+    boxes = torch.stack((top, left, bh, bw), -1)
+    absent = torch.arange(k).view(1, k) >= torch.randint(0, k + 1, (b, 1), generator=g)
+    return torch.where(absent.unsqueeze(-1), -1, boxes)
+
+
+def kept_fraction(crop: tuple[torch.Tensor, ...], boxes: torch.Tensor) -> torch.Tensor:
+    """Fraction of each box's area inside the crop, 1 where the box is absent. Shape: (B, K)."""
+    top, left, ch, cw = (v.view(-1, 1) for v in crop)
+    bt, bl, bh, bw = boxes.float().unbind(-1)
+    oy = (torch.minimum(bt + bh, top + ch) - torch.maximum(bt, top)).clamp_min(0)
+    ox = (torch.minimum(bl + bw, left + cw) - torch.maximum(bl, left)).clamp_min(0)
+    return torch.where(bh > 0, oy * ox / (bh * bw).clamp_min(1), 1.0)
+
+
+def test_crop_params_without_boxes_are_unchanged():
+    # Values drawn by crop_params before it took boxes (same seed): the law without boxes did not move.
+    got = WeakAugment(32).crop_params(6, 60, 80, generator=gen(3), device=torch.device("cpu"))
+    assert [v.long().tolist() for v in got] == [[21, 0, 0, 3, 0, 0], [29, 13, 17, 20, 22, 7],
+                                                [28, 50, 48, 47, 55, 59], [35, 54, 37, 42, 58, 66]]
+    # Rows without boxes get exactly the views they get without ``boxes``; the draws stay in step after them.
+    x = smooth_images(8, 3, 48)
+    boxes = torch.full((8, 3, 4), -1)
+    boxes[1::2, 0] = torch.tensor([30, 30, 15, 15])
+    weak = WeakAugment(32)
+    free, kept = weak(x, generator=gen(5)), weak(x, generator=gen(5), boxes=boxes)
+    assert torch.equal(free[::2], kept[::2])
+    assert not torch.allclose(free[1::2], kept[1::2])
+    assert torch.equal(WeakAugment(32, box_keep=0.0)(x, generator=gen(5), boxes=boxes), free)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_crops_keep_the_given_share_of_every_box(keep):
+    h, w = 60, 80
+    boxes = random_boxes(4000, 3, h, w, seed=14)
+    weak = WeakAugment(32, box_keep=keep)
+    crop = weak.crop_params(4000, h, w, generator=gen(15), device=torch.device("cpu"), boxes=boxes)
+    top, left, ch, cw = crop
+    assert (top >= 0).all() and (left >= 0).all() and (top + ch <= h).all() and (left + cw <= w).all()
+    assert (ch >= 1).all() and (cw >= 1).all()
+    assert kept_fraction(crop, boxes).min() >= keep
+    assert all(torch.equal(a, b) for a, b in zip(crop, weak.crop_params(
+        4000, h, w, generator=gen(15), device=torch.device("cpu"), boxes=boxes), strict=True))
+    # Without the constraint the same boxes are often cut (so the check above can fail).
+    free = WeakAugment(32).crop_params(4000, h, w, generator=gen(15), device=torch.device("cpu"))
+    assert (kept_fraction(free, boxes).amin(1) < keep).float().mean() > 0.2
+
+
+def test_small_boxes_keep_the_crop_sizes_and_move_only_the_crop():
+    # A 3 px box fits in every crop the proposals draw: sizes are as without boxes, positions cover the box.
+    boxes = torch.tensor([[0, 0, 3, 3], [57, 77, 3, 3], [30, 40, 3, 3]]).view(3, 1, 4).repeat(300, 1, 1)
+    kw = dict(generator=gen(16), device=torch.device("cpu"))
+    top, left, ch, cw = WeakAugment(32).crop_params(900, 60, 80, boxes=boxes, **kw)
+    free = WeakAugment(32).crop_params(900, 60, 80, generator=gen(16), device=torch.device("cpu"))
+    assert torch.equal(ch, free[2]) and torch.equal(cw, free[3])
+    assert kept_fraction((top, left, ch, cw), boxes).min() >= 0.5
+    assert not torch.equal(top, free[0])
+
+
+def test_boxes_no_attempt_fits_grow_the_crop():
+    # 40 px (sqrt(0.5) of 56) is needed along each axis; these crops are 29-32 px.
+    boxes = torch.tensor([[[4, 4, 56, 56]], [[0, 0, 10, 10]]]).repeat(50, 1, 1)
+    weak = WeakAugment(32, crop_scale=(0.2, 0.25))
+    crop = weak.crop_params(100, 64, 64, generator=gen(17), device=torch.device("cpu"), boxes=boxes)
+    assert kept_fraction(crop, boxes).min() >= 0.5
+    area = crop[2] * crop[3] / 64**2
+    assert (area[1::2] <= 0.26).all()  # grown only where needed,
+    assert (crop[2][::2] >= 40).all() and (crop[3][::2] >= 40).all() and (area[::2] < 0.6).all()  # just enough
+    ratio = crop[3][::2] / crop[2][::2]
+    assert ratio.min() >= 3 / 4 and ratio.max() <= 4 / 3
+
+
+def test_boxes_follow_the_antialiased_shrink(monkeypatch):
+    x = smooth_images(64, 3, 128)
+    boxes = random_boxes(64, 3, 128, 128, seed=18)
+    weak = WeakAugment(32)  # shrinks to 64 px before cropping
+    seen = []
+    crop_params = weak.crop_params
+    monkeypatch.setattr(weak, "crop_params", lambda *a, **k: seen.append((a, crop_params(*a, **k))) or seen[-1][1])
+    weak(x, generator=gen(19), boxes=boxes)
+    (_, h, w), crop = seen[0]
+    assert (h, w) == (64, 64)
+    assert kept_fraction(crop, boxes.float() / 2).min() >= 0.5 - 1e-6
+
+
+def test_bad_boxes_are_refused():
+    with pytest.raises(ValueError, match="boxes"):
+        WeakAugment(8)(torch.zeros(2, 3, 8, 8), generator=gen(), boxes=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="box_keep"):
+        WeakConfig(box_keep=1.5)

@@ -12,6 +12,7 @@ from dataclasses import replace
 import torch
 
 from msacl.pretrain import PretrainConfig, build_method, compute_centres, step_losses
+from msacl.pretrain.centres import CentreState, check_centres
 
 WORLD = 2
 IMAGES = 4  # global batch
@@ -44,19 +45,28 @@ def _run(fabric, state, batch, centres, images, reference=None):
     model.eval()  # see the module docstring
     if fabric.world_size > 1:
         batch = _shard(batch, fabric.global_rank)
+    with torch.no_grad():  # the burn-in's terms (no centres), on the same global batch
+        burnin = {k: v.item() for k, v in step_losses(fabric, model, method, batch, None, burnin=True).items()}
     terms = step_losses(fabric, model, method, batch, centres)
     fabric.backward(terms["loss"])
     everyone = fabric.all_gather(terms["loss"].detach())
     got_centres = compute_centres(fabric, net, method, images, batch_size=IMAGES // WORLD * fabric.world_size,
                                   seed=0)
+    # The burn-in's check: the same (all-reduced, broadcast) decision and separation on every rank.
+    cfg = _cfg()
+    cfg.batch_size = IMAGES // WORLD * fabric.world_size
+    state = CentreState.start(cfg, method)
+    check_centres(fabric, net, method, images, cfg, state, epoch=0, global_step=0, seed=0)
     losses = {k: v.item() for k, v in terms.items()}
     grads = {k: p.grad.detach().clone() for k, p in net.named_parameters() if p.grad is not None}
     if reference is None:
-        return losses, grads, got_centres
-    ref_losses, ref_grads, ref_centres = reference
+        return losses, grads, got_centres, burnin, state.checks
+    ref_losses, ref_grads, ref_centres, _, _ = reference
     return {
         "ranks_agree": bool(torch.allclose(everyone, everyone.flatten()[0].expand_as(everyone))),
         "losses": losses,
+        "burnin": burnin,
+        "checks": state.checks,
         "grad_names": sorted(grads) == sorted(ref_grads),
         "grad_err": {k: (grads[k] - ref_grads[k]).abs().max().item() / (ref_grads[k].abs().max().item() + 1e-8)
                      for k in ref_grads if k in grads},
@@ -88,3 +98,10 @@ def test_ddp_loss_gradients_and_centres_equal_single_process():
     worst = max(res["grad_err"], key=res["grad_err"].get)
     assert res["grad_err"][worst] < 1e-4, (worst, res["grad_err"][worst])
     assert res["centres_err"] < 1e-5
+    assert reference[3].keys() == res["burnin"].keys() == {"con", "aug", "pos", "loss"}
+    for k, v in reference[3].items():
+        assert abs(v - res["burnin"][k]) < 1e-5 * max(1.0, abs(v)), (k, v, res["burnin"][k])
+    (ref_check,), (check,) = reference[4], res["checks"]
+    assert ref_check["separated"] == check["separated"] and ref_check["phase"] == check["phase"]
+    for k in ("min_distance", "max_distance", "spread_rms"):
+        assert abs(ref_check[k] - check[k]) < 1e-4 * max(1.0, abs(ref_check[k])), (k, ref_check, check)

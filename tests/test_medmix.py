@@ -196,3 +196,76 @@ def test_place_boxes_finds_small_regions_and_keeps_apart():
                             margin=3, generator=gen(12), tries=4)
     assert (t2[0].item(), l2[0].item()) == (top[0].item(), left[0].item())
     assert not torch.equal(t2[1:3], top[1:3]) or not torch.equal(l2[1:3], left[1:3])
+
+
+# ---------------------------------------------------------------- lesions survive the weak views
+
+
+def lesion_survival(method, x: torch.Tensor, generator: torch.Generator, monkeypatch) -> tuple[torch.Tensor, ...]:
+    """Run ``method.make_batch`` and ``centre_batch`` as in training, recording MedMix's output and each weak
+    view's crop window, and return per view: its class n, whether every one of its n lesions keeps at least
+    half of its alpha mass inside the crop, the same for half of the box area, and the crop's area fraction.
+    """
+    strong, crop_params = method.strong, method.weak.crop_params
+    outs, crops = [], []
+
+    def record_strong(*a, **k):
+        outs.append(strong(*a, **k))
+        return outs[-1]
+
+    def record_crop(*a, **k):
+        crops.append((len(outs) - 1, crop_params(*a, **k)))
+        return crops[-1][1]
+
+    monkeypatch.setattr(method, "strong", record_strong)
+    monkeypatch.setattr(method.weak, "crop_params", record_crop)
+    method.make_batch(x, generator=generator)
+    method.centre_batch(x, generator=generator)
+    assert len(outs) == 2 and len(crops) == method.num_views + 1
+    labels, mass_ok, area_ok, scale = [], [], [], []
+    for o, (top, left, ch, cw) in crops:
+        alpha, boxes, n = outs[o].extras["lesion_alpha"], outs[o].extras["boxes"].float(), outs[o].labels
+        h, w = alpha.shape[-2:]
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + ch).view(-1, 1, 1))
+                  & (xs >= left.view(-1, 1, 1)) & (xs < (left + cw).view(-1, 1, 1))).unsqueeze(1)
+        mass = (alpha * inside).sum((2, 3)) / alpha.sum((2, 3)).clamp_min(1e-9)
+        bt, bl, bh, bw = boxes.unbind(-1)
+        oy = (torch.minimum(bt + bh, (top + ch)[:, None]) - torch.maximum(bt, top[:, None])).clamp_min(0)
+        ox = (torch.minimum(bl + bw, (left + cw)[:, None]) - torch.maximum(bl, left[:, None])).clamp_min(0)
+        area = oy * ox / (bh * bw)
+        absent = torch.arange(boxes.shape[1]).view(1, -1) >= n.view(-1, 1)
+        labels.append(n)
+        mass_ok.append(((mass >= 0.5) | absent).all(1))
+        area_ok.append(((area >= 0.5) | absent).all(1))
+        scale.append(ch * cw / (h * w))
+    return tuple(torch.cat(v) for v in (labels, mass_ok, area_ok, scale))
+
+
+@pytest.mark.filterwarnings("ignore:.*upsampled")  # the 64 px synthetic set read at 128 px
+@pytest.mark.parametrize("size", [64, 128])
+def test_msacl_views_keep_every_lesion(size, synthetic_train, monkeypatch):
+    """Issue 11: the label n of a weak view of a MedMix image is right only if the view shows n lesions."""
+    from msacl.pretrain.config import PretrainConfig
+    from msacl.pretrain.methods import build_method
+
+    x = synthetic_train(64, size)
+    fractions = {}
+    for keep in (0.5, 0.0):  # the default, and box_keep=0: the unconstrained crops of before
+        method = build_method(PretrainConfig(method="msacl", weak={"box_keep": keep}), image_size=size)
+        with monkeypatch.context() as m:
+            labels, mass_ok, area_ok, scale = lesion_survival(method, x, gen(13), m)
+        fractions[keep] = [mass_ok[labels == n].float().mean().item() for n in range(4)]
+        if keep:
+            for n in (1, 2, 3):
+                assert mass_ok[labels == n].float().mean() >= 0.95, f"class {n}: {fractions[keep]}"
+                assert area_ok[labels == n].float().mean() >= 0.95, f"class {n}"
+            # Class 0 and the lone lesion leave the crop sizes as they were; several lesions need larger crops.
+            assert scale[labels <= 1].mean().item() == pytest.approx(0.54, abs=0.05)
+            assert scale[labels == 3].mean().item() < 0.75
+        else:
+            unconstrained = scale
+    # Without the constraint a crop drops lesions often, so this test can fail.
+    assert fractions[0.0][1] < 0.9 and fractions[0.0][3] < 0.7, fractions
+    # Images without lesions (class 0) get exactly the crops they got before.
+    assert torch.equal(scale[labels == 0], unconstrained[labels == 0])

@@ -22,7 +22,7 @@ from msacl.pretrain import (
     make_fabric,
     pretrain,
 )
-from msacl.pretrain.engine import _CENTRES, _INIT, derive_seed, learning_rate
+from msacl.pretrain.engine import _INIT, derive_seed, learning_rate
 from msacl.pretrain.patches import NEIGHBOURS, grid_geometry, patch_pairs, random_crops
 from msacl.runs import make_generator
 
@@ -198,8 +198,9 @@ def test_bad_checkpoints_are_named(tmp_path):
     pretrain(cfg, _images(8), run, fabric=make_fabric("cpu"), progress=False)
     load_checkpoint(run / "checkpoint.pt", _tiny("rotnet", strong="rotation"))  # the family it used anyway
     other = _tiny("rotnet")
-    other.model.arch = "resnet34"
-    with pytest.raises(CheckpointError, match=r"checkpoint.pt: .*model.arch: checkpoint 'resnet18', now 'resnet34'"):
+    other.model.backbone = "resnet34"
+    with pytest.raises(CheckpointError,
+                       match=r"checkpoint.pt: .*model.backbone: checkpoint 'resnet18', now 'resnet34'"):
         pretrain(other, _images(8), run, fabric=make_fabric("cpu"), progress=False, resume=True)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     ckpt["model"] = {k: v for k, v in ckpt["model"].items() if "layer4" not in k}
@@ -229,28 +230,40 @@ def test_init_loads_local_weights(tmp_path):
     assert torch.equal(net.encoder.backbone.conv1.weight, donor.conv1.weight)
 
 
-def test_centres_and_spread_equal_a_naive_pass_and_the_warning_follows_the_ratio():
+def test_centres_and_spread_equal_a_plain_loop_over_images_and_the_warning_follows_the_ratio():
     cfg = _tiny("msacl")
     method = build_method(cfg, image_size=32)
     net = method.build_network()
     images = _images(6).images
+    bn_before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
     centres, spread = centres_and_spread(None, net, method, images, batch_size=4, seed=3)
-    # Naive: the same chunks and augmentations, every feature kept, then Eq. 2 and the RMS distance.
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in bn_before.items()), "BatchNorm buffers changed"
+    # Reference without the code's own helpers (embed, class_sums, centres_from_sums): the same chunks of
+    # images with the same augmentations (the chunk starting at image i draws from derive_seed(seed, i)), in
+    # training mode as the loss sees them; backbone, then projection head, then one image at a time into
+    # its class's running sum.
     net.train()
-    zs, labels = [], []
+    k = method.num_classes
+    sums, counts, rows = [torch.zeros(128, dtype=torch.float64) for _ in range(k)], [0] * k, []
     with torch.no_grad():
         for lo in range(0, 6, 4):
-            g = make_generator(derive_seed(3, _CENTRES, lo))
-            views, lab = method.centre_batch(images[lo:lo + 4], generator=g)
-            zs.append(net.embed(views).double())
-            labels.append(lab)
-    z, lab = torch.cat(zs), torch.cat(labels)
-    ref = torch.stack([z[lab == n].mean(0) for n in range(method.num_classes)])
+            views, lab = method.centre_batch(images[lo:lo + 4], generator=make_generator(derive_seed(3, lo)))
+            z = net.projection(net.encoder(views)).double()
+            for i in range(z.shape[0]):
+                n = int(lab[i])
+                sums[n] += z[i]
+                counts[n] += 1
+                rows.append((n, z[i]))
+    assert counts == [6] * k  # every image under every class
+    ref = torch.stack([sums[n] / counts[n] for n in range(k)])
     torch.testing.assert_close(centres.double(), ref, rtol=1e-5, atol=1e-5)
-    ref_spread = ((z - ref[lab]) ** 2).sum(1).mean().sqrt().item()
+    ref_spread = math.sqrt(sum(float(((zi - ref[n]) ** 2).sum()) for n, zi in rows) / len(rows))
     assert spread == pytest.approx(ref_spread, rel=1e-5)
     # The warning: closest pair of centres against ratio x spread.
     c = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
     sep = centre_separation(c, 1.0)
-    assert (sep["min_distance"], sep["max_distance"], sep["warning"]) == (5.0, 10.0, None)
-    assert "barely separates the 3" in centre_separation(c, 21.0)["warning"]  # 5 < 0.25 * 21
+    assert (sep["min_distance"], sep["max_distance"], sep["separated"], sep["warning"]) == (5.0, 10.0, True, None)
+    sep = centre_separation(c, 21.0, burnin="No burn-in ran.")  # 5 < 0.25 * 21
+    assert not sep["separated"] and "barely separates the 3" in sep["warning"]
+    assert "No burn-in ran." in sep["warning"] and "--init imagenet" in sep["warning"]
+    assert centre_separation(c, 21.0, ratio=0.2)["separated"]  # 5 >= 0.2 * 21

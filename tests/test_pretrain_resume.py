@@ -20,6 +20,9 @@ STEPS_PER_EPOCH = 4
 
 def _setup():
     cfg = PretrainConfig(method="msacl", epochs=2, batch_size=2, checkpoint_every=1, tsne=False)
+    # Epoch 1 is a burn-in (an unreachable criterion, capped at 1 epoch), so the checkpoint the killed run
+    # resumes from has no centres yet: the resumed run must freeze the same ones at the start of epoch 2.
+    cfg.loss.burnin_max_epochs, cfg.loss.burnin_ratio = 1, 1e6
     images = torch.rand(2 * STEPS_PER_EPOCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     return cfg, ImageSet(images, torch.zeros(len(images), dtype=torch.long), [str(i) for i in range(len(images))])
 
@@ -68,7 +71,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    killed = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert killed["epoch"] == 1 and killed["phase"] == "burnin" and killed["centres"] is None
     assert max(r["global_step"] for r in _log(run)) < 2 * STEPS_PER_EPOCH
 
     enc = pretrain(cfg, train, run, fabric=make_fabric("cpu"), progress=False, resume=True)
@@ -84,3 +88,6 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     la, lb = _log(tmp_path / "ref"), _log(run)
     assert [r["global_step"] for r in lb] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert [r["phase"] for r in lb] == ["burnin"] * STEPS_PER_EPOCH + ["main"] * STEPS_PER_EPOCH
+    sa, sb = (json.loads((r / "centres.json").read_text()) for r in (tmp_path / "ref", run))
+    assert sa == sb and len(sb["checks"]) == 2

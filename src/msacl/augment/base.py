@@ -23,8 +23,9 @@ class StrongOutput:
         labels: class index n of each image. Shape: (B,).
         masks: union mask of the altered pixels (MedMix lesions, cutout holes, pasted patches), or
             all zeros where the family changes the whole image geometry. Shape: (B, 1, H, W).
-        extras: family-specific tensors for inspection and tests, e.g. MedMix's per-lesion masks
-            ``lesion_masks`` (B, K, H, W) and ``placement`` (B, K) fallback levels.
+        extras: family-specific tensors, e.g. MedMix's per-lesion alpha ``lesion_alpha`` (B, K, H, W),
+            ``placement`` (B, K) fallback levels and ``boxes`` (B, K, 4): a family whose class counts
+            pasted regions returns their ``boxes`` so that the weak views keep them (:class:`WeakView`).
     """
 
     images: torch.Tensor
@@ -63,8 +64,13 @@ class StrongFamily(Protocol):
 class WeakView(Protocol):
     """The weak distribution A_0: a random view of each image, drawn independently per image."""
 
-    def __call__(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        """Shape: (B, C, H, W) -> (B, C, H', W') where H', W' is the configured output size."""
+    def __call__(self, x: torch.Tensor, *, generator: torch.Generator, boxes: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """A view of each image that keeps (most of) each box in ``boxes``, e.g. ``extras["boxes"]`` of a
+        family whose class counts pasted regions (top, left, height, width; height <= 0 where absent).
+
+        Shape: x (B, C, H, W), boxes (B, K, 4) -> (B, C, H', W') where H', W' is the configured output size.
+        """
         ...
 
 

@@ -30,6 +30,8 @@ level each lesion reached is returned in ``extras["placement"]`` (0 = as intende
 
 ``extras`` also holds each lesion's soft alpha ``lesion_alpha`` (B, K, H, W) and its box in the image
 and in the source, ``boxes`` and ``source_boxes`` (B, K, 4) as (top, left, height, width), -1 where absent.
+The pre-training methods pass ``boxes`` to the weak views (``WeakAugment(..., boxes=)``), whose crops then
+keep at least half of every lesion's box, so that a view of class n still shows n lesions.
 """
 
 from __future__ import annotations

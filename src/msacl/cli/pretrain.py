@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from msacl.cli.common import add_config, add_data, add_device, add_seed, info, report_skipped
+from msacl.cli.common import (
+    add_backbone,
+    add_config,
+    add_data,
+    add_device,
+    add_seed,
+    backbone_for,
+    info,
+    report_skipped,
+)
 from msacl.errors import MsaclError
 
 METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet")
@@ -14,15 +23,18 @@ METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet")
 def examples(verb: str) -> str:
     return """\
 examples:
-  msacl pretrain --method msacl --data DIR --out runs/msacl --image-size 256 --epochs 200
+  msacl pretrain --method msacl --data DIR --out runs/msacl --image-size 256 --epochs 200 --init imagenet
+  msacl pretrain --method msacl --data DIR --out runs/lite0 --backbone tf_efficientnet_lite0 --init imagenet
   msacl pretrain --method ccd --strong permutation --scope local --data DIR --out runs/ccd-local
   msacl pretrain --method msacl --data DIR --out runs/msacl --resume          # continue a stopped run
   msacl pretrain --method msacl --data DIR --out runs/ddp --accelerator cuda --devices 4 --precision bf16-mixed
   msacl pretrain --method msacl --set loss.alpha=1 --set optim.lr=0.05 --print-config
 
-outputs in --out: encoder.pt (a torchvision ResNet state dict, loads with strict=True), checkpoint.pt,
+outputs in --out: encoder.pt (the backbone's torchvision / timm state dict, loads with strict=True into
+torchvision.models.resnet18() or timm.create_model(NAME)), encoder.json (its input normalisation), checkpoint.pt,
 log.jsonl (one line per step), tsne.png (when the data has a test split), config.yaml, meta.json, and for MSACL
-centres.json (how far apart the frozen class centres lie; a warning is printed when they barely differ).
+centres.json (the burn-in's checks and how far apart the frozen class centres lie; a warning is printed when
+they barely differ; --set loss.burnin=false freezes those of the initial encoder, as Eq. 2 is written).
 """
 
 
@@ -39,8 +51,11 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="training epochs (default: 200)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="global batch size, split over devices (default: 32, as in both papers)")
-    p.add_argument("--init", metavar="PATH", default=None,
-                   help="start from a local torchvision state dict (e.g. ImageNet weights); nothing is downloaded")
+    add_backbone(p)
+    p.add_argument("--init", metavar="PATH|imagenet", default=None,
+                   help="start from 'imagenet' (the backbone's ImageNet weights, as both papers do: from the "
+                        "library's cache, downloaded if possible) or a weights file (e.g. another run's "
+                        "encoder.pt); default: random init")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed(p)
@@ -62,6 +77,9 @@ def resolve_config(args: argparse.Namespace):
             setattr(cfg, key, value)
     if args.init is not None:
         cfg.model.init = str(args.init)
+    backbone = backbone_for(args.backbone, cfg.model.init if args.backbone is None else None)
+    if backbone is not None:
+        cfg.model.backbone = backbone
     if args.data is not None:
         cfg.data.root = str(args.data)
     cfg.data.layout = args.layout
@@ -92,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").is_file() and not args.resume:
         raise MsaclError(f"{out} already holds a pre-training run (checkpoint.pt); "
                          "add --resume to continue it, or choose another --out")
-    if cfg.model.init is not None and not Path(cfg.model.init).is_file():
+    if cfg.model.init == "imagenet":  # fail before reading any data when the weights cannot be had
+        from msacl.models.weights import imagenet_state
+
+        info(f"initial weights: {imagenet_state(cfg.model.backbone)[1]}")
+    elif cfg.model.init is not None and not Path(cfg.model.init).is_file():
         raise MsaclError(f"{cfg.model.init}: --init weights file not found")
 
     from msacl.data import load_split

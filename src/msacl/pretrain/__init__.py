@@ -5,17 +5,9 @@
 >>> # torchvision.models.resnet18().load_state_dict(torch.load(enc, weights_only=True))
 """
 
+from msacl.pretrain.centres import centre_separation, centres_and_spread, compute_centres
 from msacl.pretrain.config import METHODS, PretrainConfig
-from msacl.pretrain.engine import (
-    NonFiniteLossError,
-    centre_separation,
-    centres_and_spread,
-    compute_centres,
-    load_checkpoint,
-    make_fabric,
-    pretrain,
-    step_losses,
-)
+from msacl.pretrain.engine import NonFiniteLossError, load_checkpoint, make_fabric, pretrain, step_losses
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
 
 __all__ = [

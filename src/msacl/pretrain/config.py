@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
@@ -35,10 +35,13 @@ class DataOptions:
 
 @dataclass
 class ModelOptions:
-    """Encoder f_theta = backbone + MLP projection head into Z (MSACL Sec. 4.2: ResNet-18, Z = 128)."""
+    """Encoder f_theta = backbone + MLP projection head into Z (MSACL Sec. 4.2: ResNet-18, Z = 128; both papers
+    start from ImageNet weights: ``init="imagenet"``)."""
 
-    arch: str = "resnet18"
-    init: str | None = None  # a local torchvision state-dict file (e.g. ImageNet weights); never downloaded
+    ALIASES: ClassVar[dict[str, str]] = {"arch": "backbone"}
+
+    backbone: str = "resnet18"  # a torchvision ResNet or any timm CNN with feature taps (msacl.models.backbones)
+    init: str | None = None  # "imagenet", a weights file (e.g. an encoder.pt), or None: random init
     proj_hidden: int = 512
     proj_dim: int = 128
     pos_hidden: int = 128
@@ -51,6 +54,12 @@ class LossOptions:
     tau: float = 0.2  # CCD Sec. 3.2; used by every contrastive loss of the engine
     alpha: float = 2.0  # MSACL Eq. 7: not given by the paper; > 1 as its text requires; 1 = no calibration
     squared_centring: bool = False  # MSACL Eq. 3 with ||.||_2 (False) or ||.||_2^2 (True)
+    # MSACL burn-in (our reading of Eq. 2, docs/benchmarks.md): before freezing the centres, train
+    # l_aug + l_pos + Eq. 5 with c_n = 0 until the closest pair of centres lies >= burnin_ratio x the
+    # samples' RMS spread, checked once per epoch, for at most burnin_max_epochs epochs.
+    burnin: bool = True  # False: centres of the initial encoder, as Eq. 2 is written
+    burnin_max_epochs: int | None = None  # None: min(10, epochs // 4); always at most epochs - 1
+    burnin_ratio: float = 0.25
     ccd_negatives: Literal["same", "all"] = "same"  # CCD Eq. 2: same strong augmentation only
     w_ctr: float = 1.0
     w_con: float = 1.0
@@ -114,11 +123,17 @@ class PretrainConfig:
             (self.loss.tau > 0, f"loss.tau must be > 0, got {self.loss.tau}"),
             (self.loss.alpha > 0, f"loss.alpha must be > 0, got {self.loss.alpha}"),
             (0 < self.loss.patch_frac < 1, f"loss.patch_frac must be in (0, 1), got {self.loss.patch_frac}"),
+            (self.loss.burnin_max_epochs is None or self.loss.burnin_max_epochs >= 0,
+             f"loss.burnin_max_epochs must be >= 0 or null, got {self.loss.burnin_max_epochs}"),
+            (self.loss.burnin_ratio > 0, f"loss.burnin_ratio must be > 0, got {self.loss.burnin_ratio}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from msacl.models.backbones import backbone_spec
+
+        backbone_spec(self.model.backbone)  # an unknown name fails here, naming the close matches
         weak_keys = {f.name for f in dataclasses.fields(WeakConfig)}
         unknown = sorted(set(self.weak) - weak_keys)
         if unknown:

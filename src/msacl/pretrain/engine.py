@@ -9,7 +9,6 @@ their gradients, and the MSACL class centres are all-reduced.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -18,35 +17,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from msacl.config import ConfigError, from_dict, to_dict
 from msacl.data.types import ImageSet
 from msacl.errors import CheckpointError, MsaclError
-from msacl.pretrain import losses as L
+from msacl.pretrain.centres import (  # noqa: F401 - centre helpers, importable from here as before
+    BURNIN,
+    CentreState,
+    centre_separation,
+    centres_and_spread,
+    check_centres,
+    compute_centres,
+)
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import RunDir, atomic_torch_save, make_generator, read_torch_file, write_json
+from msacl.runs import RunDir, atomic_torch_save, derive_seed, make_generator, read_torch_file, write_json
 
 CHECKPOINT_FORMAT = "msacl-pretrain"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 # Settings a resumed run must share with its checkpoint; the others (epochs, lr, ...) may change.
-_RESUME_KEYS = ("method", "strong", "scope", "local_size", "batch_size", "seed", "model.arch", "model.proj_hidden",
-                "model.proj_dim", "model.pos_hidden")
+_RESUME_KEYS = ("method", "strong", "scope", "local_size", "batch_size", "seed", "model.backbone", "model.init",
+                "model.proj_hidden", "model.proj_dim", "model.pos_hidden")
 # Sub-streams of the run seed, so that no two uses of randomness share a generator.
 _ORDER, _AUGMENT, _CENTRES, _TSNE, _INIT = 0, 1, 2, 3, 4
 
 
 class NonFiniteLossError(MsaclError):
     """A loss term became NaN or infinite; the run stopped without saving the bad weights."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (run seed, stream, epoch, step, rank)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
 def learning_rate(opt: OptimOptions, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -109,130 +108,15 @@ def gather(fabric, t: torch.Tensor, *, grad: bool) -> torch.Tensor:
 
 
 def step_losses(
-    fabric, model: nn.Module, method: Method, batch: Batch, centres: torch.Tensor | None
+    fabric, model: nn.Module, method: Method, batch: Batch, centres: torch.Tensor | None, *, burnin: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Forward one rank's share of a batch and return the loss terms of the global batch."""
+    """Forward one rank's share of a batch and return the loss terms of the global batch (those of the
+    burn-in without centres with ``burnin``, see :mod:`msacl.pretrain.centres`)."""
     out = model(batch.views, batch.patches)
     out = {k: gather(fabric, v, grad=True) for k, v in out.items()}
     pos = None if batch.pos_labels is None else gather(fabric, batch.pos_labels, grad=False)
     global_batch = replace(batch, labels=gather(fabric, batch.labels, grad=False), pos_labels=pos)
-    return method.losses(out, global_batch, centres)
-
-
-def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict().items()
-        if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    }
-
-
-def compute_centres(
-    fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,
-    batch_size: int, seed: int, progress: bool = False,
-) -> torch.Tensor:
-    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank (see
-    :func:`centres_and_spread`). Shape: (K, Z)."""
-    return centres_and_spread(fabric, raw, method, images, batch_size=batch_size, seed=seed, progress=progress)[0]
-
-
-@torch.no_grad()
-def centres_and_spread(
-    fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,
-    batch_size: int, seed: int, progress: bool = False,
-) -> tuple[torch.Tensor, float]:
-    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank, and the spread of
-    the samples around them.
-
-    Features are taken in training mode (BatchNorm on batch statistics, as in the loss they centre);
-    the BatchNorm running statistics are restored afterwards so computing centres changes nothing else.
-    ``raw`` is the unwrapped network: a DDP forward would broadcast buffers, a collective that ranks
-    with fewer images would never join. The only collective here is the final all-reduce.
-
-    Returns:
-        c (shape (K, Z)) and the root-mean-square distance of the samples from their own class centre.
-    """
-    from tqdm.auto import tqdm
-
-    world, rank = _world(fabric)
-    saved = _bn_buffers(raw)
-    was_training = raw.training
-    raw.train()
-    dtype = next(raw.parameters()).dtype  # half under "16-true"; float32 under mixed precision
-    n = images.shape[0]
-    if n == 0:
-        raise MsaclError("no training images to compute the class centres from")
-    per_rank = math.ceil(n / world)
-    mine = torch.arange(rank * per_rank, min(n, (rank + 1) * per_rank))
-    local_b = max(1, batch_size // world)
-    k = method.num_classes
-    device = _device(fabric, raw)
-    sums = counts = None
-    bar = tqdm(range(math.ceil(per_rank / local_b)), desc="class centres (Eq. 2)", file=sys.stderr, leave=False,
-               disable=not (progress and rank == 0))
-    for it in bar:
-        idx, weight = mine[it * local_b: (it + 1) * local_b], 1.0
-        if idx.numel() == 0:
-            # Every rank runs the same number of forwards (SyncBatchNorm's are collective); a rank out of
-            # images runs one on image 0 that does not count.
-            idx, weight = torch.zeros(1, dtype=torch.long), 0.0
-        x = images[idx].to(device)
-        # Seeded by the chunk's first image, not by rank: N processes with batch B and one process with
-        # batch B / N see the same chunks with the same augmentations, hence the same centres.
-        g = make_generator(derive_seed(seed, _CENTRES, int(idx[0])), device)
-        views, labels = method.centre_batch(x, generator=g)
-        with fabric.autocast() if fabric is not None else contextlib.nullcontext():
-            z = raw.embed(views.to(dtype)).double()
-        s, c = L.class_sums(z, labels, k)
-        sq = (z * z).sum() * weight  # sum of ||z||^2, for the spread
-        if sums is None:
-            sums, counts, sumsq = s * weight, c * weight, sq
-        else:
-            sums, counts, sumsq = sums + s * weight, counts + c * weight, sumsq + sq
-    if world > 1:
-        sums = fabric.all_reduce(sums, reduce_op="sum")
-        counts = fabric.all_reduce(counts, reduce_op="sum")
-        sumsq = fabric.all_reduce(sumsq, reduce_op="sum")
-    raw.load_state_dict(saved, strict=False)
-    raw.train(was_training)
-    try:
-        centres = L.centres_from_sums(sums, counts)
-    except ValueError as e:
-        raise MsaclError(f"class centres: {e} (no training images of those strong classes)") from None
-    # sum_i ||z_i - c_n(i)||^2 = sum_i ||z_i||^2 - sum_n count_n ||c_n||^2
-    within = (sumsq - (counts * (centres * centres).sum(1)).sum()).clamp_min(0)
-    return centres.float(), float((within / counts.sum()).sqrt())
-
-
-def centre_separation(centres: torch.Tensor, spread: float, *, ratio: float = 0.25) -> dict[str, Any]:
-    """How far apart the class centres lie, against the samples' spread, with a warning when they barely differ.
-
-    Eq. 2-3 freeze the centres of the *initial* encoder and pull every sample to its class centre. When
-    the closest pair of centres lies nearer than ``ratio`` x the spread, the multi-centring loss pulls the
-    classes onto one point and the augmentation classifier cannot learn them: what a random initialisation
-    gives on the Kvasir patches (docs/benchmarks.md).
-
-    Returns:
-        ``min_distance`` and ``max_distance`` between centres, ``spread_rms`` and ``warning`` (str or None).
-    """
-    d = torch.cdist(centres.double(), centres.double())
-    off = d[~torch.eye(d.shape[0], dtype=torch.bool, device=d.device)]
-    lo, hi = (float(off.min()), float(off.max())) if off.numel() else (float("nan"), float("nan"))
-    warning = None
-    if off.numel() and spread > 0 and lo < ratio * spread:
-        warning = (f"the initial encoder barely separates the {centres.shape[0]} strong-augmentation classes: "
-                   f"their centres (Eq. 2) lie {lo:.3g}-{hi:.3g} apart, while samples lie {spread:.3g} (RMS) "
-                   f"from their own centre. The frozen centres make the multi-centring loss (Eq. 3) pull the "
-                   f"classes together; the papers start from ImageNet weights (--init PATH).")
-    return {"min_distance": lo, "max_distance": hi, "spread_rms": spread, "warning": warning}
-
-
-def _world(fabric) -> tuple[int, int]:
-    return (1, 0) if fabric is None else (fabric.world_size, fabric.global_rank)
-
-
-def _device(fabric, model: nn.Module) -> torch.device:
-    return fabric.device if fabric is not None else next(model.parameters()).device
+    return method.losses(out, global_batch, centres, burnin=burnin)
 
 
 def _identity(cfg: PretrainConfig) -> dict[str, Any]:
@@ -254,9 +138,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def save_checkpoint(
     path: Path, *, cfg: PretrainConfig, raw: PretrainNet, optimizer: torch.optim.Optimizer,
-    centres: torch.Tensor | None, epoch: int, global_step: int,
+    centres: CentreState, epoch: int, global_step: int,
 ) -> None:
-    """Write everything a resumed run needs, atomically (a kill mid-write leaves the previous file)."""
+    """Write everything a resumed run needs, atomically (a kill mid-write leaves the previous file).
+
+    ``centres`` gives the phase, the frozen centres (None during the burn-in) and the centre checks so far.
+    """
     atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
@@ -266,7 +153,7 @@ def save_checkpoint(
             "global_step": global_step,
             "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
             "optimizer": optimizer.state_dict(),
-            "centres": None if centres is None else centres.detach().cpu(),
+            **centres.checkpoint(),
         },
         path,
     )
@@ -303,10 +190,11 @@ def _load_model_state(path: Path, raw: nn.Module, state: dict[str, torch.Tensor]
         raise CheckpointError(f"{path}: weights do not fit this network ({detail})") from None
 
 
-def encoder_state(raw: PretrainNet) -> dict[str, torch.Tensor]:
-    """The backbone as a plain torchvision ResNet state dict (float32, CPU), ``fc`` included untouched."""
-    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
-            for k, v in raw.encoder.backbone.state_dict().items()}
+def save_encoder(raw: PretrainNet, path: Path) -> None:
+    """encoder.pt: the backbone's plain torchvision / timm state dict (float32, CPU, classifier untouched) with
+    its input normalisation in the metadata; the same facts in encoder.json beside it, for people."""
+    atomic_torch_save(raw.encoder.export_state(), path)
+    write_json(path.with_suffix(".json"), raw.encoder.metadata())
 
 
 def _clean_log(log: Path, upto_step: int) -> None:
@@ -338,7 +226,8 @@ def pretrain(
 
     Writes ``out_dir``/config.yaml, command.txt, meta.json (RunDir), log.jsonl (one line per step),
     checkpoint.pt (every ``cfg.checkpoint_every`` epochs and at the end), encoder.pt (a plain
-    torchvision ResNet state dict), for methods with class centres centres.json (``centre_separation``)
+    torchvision / timm state dict of the backbone) with encoder.json (backbone, normalisation, weights' source),
+    for methods with class centres centres.json (``centre_separation``)
     and, with a ``test`` split, tsne.png.
 
     Args:
@@ -385,8 +274,10 @@ def pretrain(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, _INIT))
         raw = method.build_network()
-    # fc is not part of f_theta: frozen and left out of the optimiser, so encoder.pt keeps it as built.
-    raw.encoder.backbone.fc.requires_grad_(False)
+    # The classifier is not part of f_theta: frozen and left out of the optimiser, so encoder.pt keeps it as built.
+    for name, p in raw.encoder.backbone.named_parameters():
+        if name.startswith(raw.encoder.spec.head_prefixes):
+            p.requires_grad_(False)
     if world > 1 and cfg.sync_batchnorm and fabric.device.type != "cpu":
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     if ckpt is not None:
@@ -403,7 +294,7 @@ def pretrain(
     device = fabric.device
 
     start_epoch, global_step = (ckpt["epoch"], ckpt["global_step"]) if ckpt is not None else (0, 0)
-    centres = None if ckpt is None or ckpt["centres"] is None else ckpt["centres"].to(device)
+    state = CentreState.from_checkpoint(ckpt, device) if ckpt is not None else CentreState.start(cfg, method)
 
     if fabric.is_global_zero:
         RunDir.create(out_dir, config=cfg, seed=cfg.seed, command="pretrain")
@@ -412,15 +303,6 @@ def pretrain(
         else:
             log_path.write_text("")
     fabric.barrier()
-
-    if method.uses_centres and centres is None:
-        centres, spread = centres_and_spread(fabric, raw, method, train.images, batch_size=gb, seed=cfg.seed,
-                                             progress=progress)
-        if fabric.is_global_zero:
-            separation = centre_separation(centres, spread)
-            write_json(out_dir / "centres.json", separation)
-            if separation["warning"]:
-                print(f"warning: {separation['warning']}", file=sys.stderr)
 
     warmup = cfg.optim.warmup_epochs * steps_per_epoch
     bar = tqdm(total=total_steps, initial=global_step, desc=f"pretrain {cfg.method}", unit="step",
@@ -431,6 +313,10 @@ def pretrain(
     try:
         model.train()
         for epoch in range(start_epoch, cfg.epochs):
+            if method.uses_centres and state.centres is None:  # the start, or a burn-in epoch's (centres.py)
+                check_centres(fabric, raw, method, train.images, cfg, state, epoch=epoch, global_step=global_step,
+                              seed=derive_seed(cfg.seed, _CENTRES), out=out_dir / "centres.json", progress=progress)
+            burnin = state.phase == BURNIN
             order = torch.randperm(n, generator=make_generator(derive_seed(cfg.seed, _ORDER, epoch)))
             for step in range(steps_per_epoch):
                 t_step = time.perf_counter()
@@ -441,7 +327,7 @@ def pretrain(
                 for group in opt_raw.param_groups:
                     group["lr"] = lr
                 batch = method.make_batch(x, generator=g)
-                terms = step_losses(fabric, model, method, batch, centres)
+                terms = step_losses(fabric, model, method, batch, state.centres, burnin=burnin)
                 values = {k: v.item() for k, v in terms.items()}
                 bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"] or (
                     ["loss"] if not math.isfinite(values["loss"]) else [])
@@ -462,8 +348,8 @@ def pretrain(
                 dt = time.perf_counter() - t_step
                 ips = batch.encoder_images * world / dt
                 if log is not None:
-                    rec = {"epoch": epoch + 1, "step": step + 1, "global_step": global_step, "lr": lr,
-                           **values, "images_per_s": ips, "time_s": time.perf_counter() - t0}
+                    rec = {"epoch": epoch + 1, "step": step + 1, "global_step": global_step, "phase": state.phase,
+                           "lr": lr, **values, "images_per_s": ips, "time_s": time.perf_counter() - t0}
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{ips:.0f}"},
@@ -472,9 +358,9 @@ def pretrain(
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 if fabric.is_global_zero:
-                    save_checkpoint(ckpt_path, cfg=cfg, raw=raw, optimizer=opt_raw, centres=centres,
+                    save_checkpoint(ckpt_path, cfg=cfg, raw=raw, optimizer=opt_raw, centres=state,
                                     epoch=epoch + 1, global_step=global_step)
-                    atomic_torch_save(encoder_state(raw), enc_path)
+                    save_encoder(raw, enc_path)
                 saved_epoch = epoch + 1
                 fabric.barrier()
     finally:
@@ -483,7 +369,7 @@ def pretrain(
             log.close()
 
     if not enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
-        atomic_torch_save(encoder_state(raw), enc_path)
+        save_encoder(raw, enc_path)
     if test is not None and cfg.tsne and fabric.is_global_zero:
         from msacl.pretrain.visualise import tsne_picture
 

@@ -7,7 +7,8 @@ losses never see the network, so the engine can gather outputs across ranks in b
 ========  ======================================  ==============================
 method    inputs per training image               loss terms (Eq. 1 of each paper)
 ========  ======================================  ==============================
-msacl     K strong classes x 2 weak views + pair  ctr + con (Eq. 3-7) + aug + pos
+msacl     K strong classes x 2 weak views + pair  ctr + con (Eq. 3-7) + aug + pos;
+                                                  burn-in: con (c_n = 0) + aug + pos
 ccd       K strong classes x 2 weak views + pair  con (CCD Eq. 2) + aug + pos
 simclr    2 weak views                            con (NT-Xent)
 rotnet    1 weak view x 4 rotations               aug (4-way rotation)
@@ -16,6 +17,8 @@ rotnet    1 weak view x 4 rotations               aug (4-way rotation)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +32,38 @@ from msacl.pretrain.config import PretrainConfig
 from msacl.pretrain.patches import grid_geometry, patch_pairs, random_crops
 
 
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Inside, the training-mode BatchNorm layers of ``module`` normalise with batch statistics as usual but
+    leave their running statistics untouched.
+
+    The running statistics are what detectors get in ``encoder.pt``; they must describe the full-size views
+    the encoder will be used on, not the small position patches (issue 11). Momentum 0 makes the update
+    ``(1 - 0) * running + 0 * batch`` a no-op (exact in floating point) in BatchNorm and SyncBatchNorm alike;
+    ``num_batches_tracked``, which the forward still increments, is put back, since layers with
+    ``momentum=None`` (a cumulative average) count with it.
+    """
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in layers]
+    try:
+        for m in layers:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
 class PretrainNet(nn.Module):
     """f_theta (backbone + projection head) with the pretext heads f_beta and f_gamma.
+
+    f_beta and f_gamma read the backbone's pooled features h, not z (see :mod:`msacl.models.heads`). The
+    position patches are forwarded with BatchNorm running statistics frozen (:func:`running_stats_frozen`),
+    so the backbone's running statistics are those of the full-size views only.
 
     Args:
         encoder: backbone returning pooled features (B, encoder.out_dim).
@@ -55,24 +88,27 @@ class PretrainNet(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.out_dim, proj_hidden, proj_dim)
-        self.classifier = AugClassifier(proj_dim, num_classes) if num_classes > 1 else None
-        self.position = PatchPositionHead(proj_dim, pos_hidden) if with_position else None
+        self.classifier = AugClassifier(encoder.out_dim, num_classes) if num_classes > 1 else None
+        self.position = PatchPositionHead(encoder.out_dim, pos_hidden) if with_position else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """f_theta(x) in Z. Shape: (N, C, H, W) -> (N, Z)."""
+        if self.projection is None:
+            raise ValueError("this network has no projection head")
         return self.projection(self.encoder(x))
 
     def forward(self, views: torch.Tensor, patches: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        z = self.embed(views)
-        out = {"z": z}
+        h = self.encoder(views)
+        out = {} if self.projection is None else {"z": self.projection(h)}
         if self.classifier is not None:
-            out["logits"] = self.classifier(z)
+            out["logits"] = self.classifier(h)
         if patches is not None:
             if self.position is None:
                 raise ValueError("this network has no patch-position head")
-            zp = self.embed(patches)
-            p = zp.shape[0] // 2
-            out["pos_logits"] = self.position(zp[:p], zp[p:])
+            with running_stats_frozen(self.encoder):
+                hp = self.encoder(patches)
+            p = hp.shape[0] // 2
+            out["pos_logits"] = self.position(hp[:p], hp[p:])
         return out
 
 
@@ -131,7 +167,7 @@ class Method:
     def build_network(self) -> PretrainNet:
         m = self.cfg.model
         return PretrainNet(
-            build_encoder(m.arch, m.init),
+            build_encoder(m.backbone, m.init),
             num_classes=self.num_classes,
             with_position=self.with_position,
             proj_hidden=m.proj_hidden,
@@ -153,12 +189,28 @@ class Method:
         out = self.strong(x.repeat_interleave(k, dim=0), labels, generator=generator, sources=sources)
         return out.images, labels
 
+    def _strong_with_boxes(self, x: torch.Tensor, generator: torch.Generator
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`_strong_all_classes` plus the boxes of what the family pasted (MedMix's lesions), which
+        the weak crops must keep so that the views still show the class (None when nothing is pasted).
+
+        Shape: (B*K, C, H, W), (B*K,), (B*K, L, 4) or None.
+        """
+        if self.strong is None:
+            return (*self._strong_all_classes(x, generator), None)
+        # The same call as _strong_all_classes (the same draws), keeping the family's extras.
+        b, k = x.shape[0], self.num_classes
+        labels = torch.arange(k, device=x.device).repeat(b)
+        sources = x.roll(1, dims=0).repeat_interleave(k, dim=0)
+        out = self.strong(x.repeat_interleave(k, dim=0), labels, generator=generator, sources=sources)
+        return out.images, labels, out.extras.get("boxes")
+
     def make_batch(self, x: torch.Tensor, *, generator: torch.Generator) -> Batch:
         """Inputs of one training step from normal images x. Shape: x (B, C, H, W)."""
         full = x
         x = self._inputs(x, generator)
-        s, labels = self._strong_all_classes(x, generator)
-        views = torch.stack([self.weak(s, generator=generator) for _ in range(self.num_views)], dim=1)
+        s, labels, boxes = self._strong_with_boxes(x, generator)
+        views = torch.stack([self.weak(s, generator=generator, boxes=boxes) for _ in range(self.num_views)], dim=1)
         batch = Batch(
             views=views.flatten(0, 1),
             labels=labels.repeat_interleave(self.num_views),
@@ -174,8 +226,8 @@ class Method:
 
     def centre_batch(self, x: torch.Tensor, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 2 samples: each image under every strong class, then one weak view. Shape: (B*K, ...), (B*K,)."""
-        s, labels = self._strong_all_classes(self._inputs(x, generator), generator)
-        return self.weak(s, generator=generator), labels
+        s, labels, boxes = self._strong_with_boxes(self._inputs(x, generator), generator)
+        return self.weak(s, generator=generator, boxes=boxes), labels
 
     def weights(self) -> dict[str, float]:
         w = self.cfg.loss
@@ -186,12 +238,18 @@ class Method:
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def burnin_terms(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms of the burn-in before the centres are frozen (methods with centres only)."""
+        raise ValueError(f"method {self.name} has no burn-in")
+
     def losses(
-        self, out: dict[str, torch.Tensor], batch: Batch, centres: torch.Tensor | None = None
+        self, out: dict[str, torch.Tensor], batch: Batch, centres: torch.Tensor | None = None, *,
+        burnin: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Named loss terms and their weighted sum ``loss`` (Eq. 1), computed in float32."""
+        """Named loss terms and their weighted sum ``loss`` (Eq. 1), computed in float32; with ``burnin``
+        those of :meth:`burnin_terms` (see :mod:`msacl.pretrain.centres`)."""
         out = {k: v.float() for k, v in out.items()}
-        terms = self.terms(out, batch, centres)
+        terms = self.burnin_terms(out, batch) if burnin else self.terms(out, batch, centres)
         weights = self.weights()
         terms["loss"] = L.weighted_total(terms, {k: weights.get(k, 1.0) for k in terms})
         return terms
@@ -220,6 +278,18 @@ class MSACL(Method):
         return {
             "ctr": L.multi_centring_loss(out["z"], batch.labels, centres, squared=lo.squared_centring),
             "con": L.msacl_contrastive_loss(self._zb(out, batch), centres, tau=lo.tau, alpha=lo.alpha),
+            "aug": L.augmentation_loss(out["logits"], batch.labels),
+            **self._pos(out, batch),
+        }
+
+    def burnin_terms(self, out, batch):
+        """Eq. 1 without l_ctr and with c_n = 0 in Eq. 5-6: nothing to centre on before the centres exist,
+        while l_aug, l_pos and the kappa-calibrated contrastive term teach the encoder the classes."""
+        lo = self.cfg.loss
+        zb = self._zb(out, batch)
+        origin = zb.new_zeros(batch.num_classes, zb.shape[-1])
+        return {
+            "con": L.msacl_contrastive_loss(zb, origin, tau=lo.tau, alpha=lo.alpha),
             "aug": L.augmentation_loss(out["logits"], batch.labels),
             **self._pos(out, batch),
         }
@@ -265,6 +335,13 @@ class RotNet(Method):
         b = x.shape[0]
         rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1)
         return rotated.flatten(0, 1), torch.arange(4, device=x.device).repeat(b)
+
+    def build_network(self) -> PretrainNet:
+        net = super().build_network()
+        # No loss reads z (f_beta reads h): a head without gradients would stall DDP, which expects every
+        # parameter to get one.
+        net.projection = None
+        return net
 
     def make_batch(self, x, *, generator):
         # Rotate the weak view (not the reverse) so the crop never reveals the rotation by its shape.
