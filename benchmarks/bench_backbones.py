@@ -59,7 +59,7 @@ def padim_run(backbone: str, init: str | None, train, test, size: int, seed: int
     scores, maps = torch.cat(scores), torch.cat(maps)
     out = {"image_auroc": image_auroc(scores, test.labels), "fit_s": fit_s, "test_s": test_s}
     if test.masks is not None:
-        out["pixel_auroc"] = pixel_auroc(maps, test.masks, test.labels)
+        out["pixel_auroc"] = pixel_auroc(maps, test.masks)
     return out
 
 

@@ -75,7 +75,13 @@ def read_torch_file(path: str | Path, *, error: type[Exception], what: str, miss
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise error(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+        text = str(e).strip()
+        if "weights_only" in text or "Weights only load failed" in text:
+            # torch's own advice (load with weights_only=False) would run code from the file: never give it
+            reason = "it holds Python objects besides tensors, which msacl does not load (it could run code)"
+        else:
+            reason = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+        raise error(f"{path}: not a readable {what} ({reason})") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -132,13 +138,12 @@ def git_sha() -> str | None:
 
 
 class RunDir:
-    """A run directory: ``config.yaml``, ``command.txt``, ``meta.json`` and later ``metrics.json``.
+    """A run directory: ``config.yaml``, ``command.txt`` and ``meta.json``; each verb adds its own files.
 
     >>> import tempfile
     >>> run = RunDir.create(tempfile.mkdtemp() + "/run", config={"lr": 0.01}, seed=0, argv=["msacl"])
-    >>> run.write_metrics({"image_auroc": 0.5})
     >>> sorted(p.name for p in run.path.iterdir())
-    ['command.txt', 'config.yaml', 'meta.json', 'metrics.json']
+    ['command.txt', 'config.yaml', 'meta.json']
     """
 
     def __init__(self, path: str | Path):
@@ -172,20 +177,6 @@ class RunDir:
         }
         write_json(run.path / "meta.json", meta)
         return run
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def write_metrics(self, metrics: dict[str, Any]) -> Path:
-        p = self.path / "metrics.json"
-        write_json(p, metrics)
-        return p
-
-    def read_config(self) -> dict[str, Any]:
-        p = self.path / "config.yaml"
-        if not p.is_file():
-            raise FileNotFoundError(f"{self.path}: not a run directory (no config.yaml)")
-        return yaml.safe_load(p.read_text()) or {}
 
 
 def _quote(a: str) -> str:

@@ -10,7 +10,7 @@
 (torch.Size([8, 3, 32, 32]), torch.Size([8]), torch.Size([8, 1, 64, 64]))
 """
 
-from msacl.augment.base import StrongBase, StrongFamily, StrongOutput, WeakView
+from msacl.augment.base import StrongBase, StrongOutput
 from msacl.augment.cutout import Cutout
 from msacl.augment.cutpaste import CutPaste
 from msacl.augment.geometric import Jigsaw, Permutation, Rotation
@@ -29,10 +29,8 @@ __all__ = [
     "Permutation",
     "Rotation",
     "StrongBase",
-    "StrongFamily",
     "StrongOutput",
     "WeakAugment",
     "WeakConfig",
-    "WeakView",
     "build_strong",
 ]

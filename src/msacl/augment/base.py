@@ -7,7 +7,7 @@ A_0). Families work on batched tensors with an explicit generator, on whatever d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import torch
 
@@ -25,7 +25,7 @@ class StrongOutput:
             all zeros where the family changes the whole image geometry. Shape: (B, 1, H, W).
         extras: family-specific tensors, e.g. MedMix's per-lesion alpha ``lesion_alpha`` (B, K, H, W),
             ``placement`` (B, K) fallback levels and ``boxes`` (B, K, 4): a family whose class counts
-            pasted regions returns their ``boxes`` so that the weak views keep them (:class:`WeakView`).
+            pasted regions returns their ``boxes`` so that the weak views keep them (``WeakAugment``).
     """
 
     images: torch.Tensor
@@ -34,11 +34,12 @@ class StrongOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class StrongFamily(Protocol):
-    """A strong augmentation family with ``num_classes`` classes."""
+class StrongBase:
+    """Shared checks and helpers of the concrete families; subclasses implement ``_apply``."""
 
-    name: str
-    num_classes: int
+    name: ClassVar[str] = "strong"
+    num_classes: int = 4
+    class_names: tuple[str, ...] = ()
 
     def __call__(
         self,
@@ -58,37 +59,6 @@ class StrongFamily(Protocol):
                 MedMix uses the batch itself rolled by one and CutPaste the image itself (as in
                 Li et al., 2021). Shape: (B, C, H, W).
         """
-        ...
-
-
-class WeakView(Protocol):
-    """The weak distribution A_0: a random view of each image, drawn independently per image."""
-
-    def __call__(self, x: torch.Tensor, *, generator: torch.Generator, boxes: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        """A view of each image that keeps (most of) each box in ``boxes``, e.g. ``extras["boxes"]`` of a
-        family whose class counts pasted regions (top, left, height, width; height <= 0 where absent).
-
-        Shape: x (B, C, H, W), boxes (B, K, 4) -> (B, C, H', W') where H', W' is the configured output size.
-        """
-        ...
-
-
-class StrongBase:
-    """Shared checks and helpers of the concrete families; subclasses implement ``_apply``."""
-
-    name: ClassVar[str] = "strong"
-    num_classes: int = 4
-    class_names: tuple[str, ...] = ()
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        generator: torch.Generator,
-        sources: torch.Tensor | None = None,
-    ) -> StrongOutput:
         x, labels = self._check(x, labels, sources)
         out = self._apply(x, labels, generator=generator, sources=sources)
         out.images = out.images.to(x.dtype)  # per-image factors are float32; keep the input's precision

@@ -11,6 +11,17 @@ if TYPE_CHECKING:
     from msacl.data.types import ImageSet
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts such as --batch-size and --epochs: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_seed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 

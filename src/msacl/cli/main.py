@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Warnings as users read them: one line, the warning's kind and text, no source path."""
+    text = " ".join(str(message).split())
+    return f"warning: {text}\n" if category is UserWarning else f"warning ({category.__name__}): {text}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:

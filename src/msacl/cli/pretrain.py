@@ -13,6 +13,7 @@ from msacl.cli.common import (
     add_seed,
     backbone_for,
     info,
+    positive_int,
     report_skipped,
 )
 from msacl.errors import MsaclError
@@ -26,7 +27,8 @@ examples:
   msacl pretrain --method msacl --data DIR --out runs/msacl --image-size 256 --epochs 200 --init imagenet
   msacl pretrain --method msacl --data DIR --out runs/lite0 --backbone tf_efficientnet_lite0 --init imagenet
   msacl pretrain --method ccd --strong permutation --scope local --data DIR --out runs/ccd-local
-  msacl pretrain --method msacl --data DIR --out runs/msacl --resume          # continue a stopped run
+  msacl pretrain --resume runs/msacl                                        # continue a stopped run
+  msacl pretrain --resume runs/msacl --epochs 400                           # ... and train it longer
   msacl pretrain --method msacl --data DIR --out runs/ddp --accelerator cuda --devices 4 --precision bf16-mixed
   msacl pretrain --method msacl --set loss.alpha=1 --set optim.lr=0.05 --print-config
 
@@ -48,15 +50,17 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                         "(default: medmix for msacl, permutation for ccd)")
     p.add_argument("--scope", choices=("global", "local"), default=None,
                    help="global: whole images (default); local: random 32 x 32 patches (--set local_size=N)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="training epochs (default: 200)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N", help="training epochs (default: 200)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="global batch size, split over devices (default: 32, as in both papers)")
     add_backbone(p)
     p.add_argument("--init", metavar="PATH|imagenet", default=None,
                    help="start from 'imagenet' (the backbone's ImageNet weights, as both papers do: from the "
                         "library's cache, downloaded if possible) or a weights file (e.g. another run's "
                         "encoder.pt); default: random init")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue the run in RUN (or --out) from its checkpoint.pt, with its own settings; only "
+                        "--epochs may grow (and checkpoint_every / tsne change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed(p)
     p.set_defaults(seed=None)  # None keeps the config file's seed (0 by default)
@@ -64,12 +68,22 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
-def resolve_config(args: argparse.Namespace):
-    """The run's PretrainConfig: defaults < --config file < --set overrides < explicit flags."""
-    from msacl.config import load_config
+# Settings a resumed run may change; every other one is the run's own.
+RESUMABLE = ("epochs", "checkpoint_every", "tsne", "tsne_max_images")
+
+
+def resolve_config(args: argparse.Namespace, base: dict | None = None):
+    """The run's PretrainConfig: defaults (or a resumed run's config.yaml) < --config file < --set overrides
+    < explicit flags. With ``base``, data flags left at their argparse defaults keep the run's values."""
+    from msacl.config import from_dict, load_config
     from msacl.pretrain.config import PretrainConfig
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if base is None:
+        cfg = load_config(PretrainConfig, args.config, args.overrides)
+    else:
+        from msacl.config import apply_overrides
+
+        cfg = apply_overrides(from_dict(PretrainConfig, base), args.overrides)
     for flag, key in (("method", "method"), ("strong", "strong"), ("scope", "scope"), ("epochs", "epochs"),
                       ("batch_size", "batch_size"), ("seed", "seed")):
         value = getattr(args, flag)
@@ -82,9 +96,9 @@ def resolve_config(args: argparse.Namespace):
         cfg.model.backbone = backbone
     if args.data is not None:
         cfg.data.root = str(args.data)
-    cfg.data.layout = args.layout
-    cfg.data.channels = args.channels
-    cfg.data.on_bad_file = args.on_bad_file
+    for flag, default in (("layout", "folder"), ("channels", 3), ("on_bad_file", "error")):
+        if base is None or getattr(args, flag) != default:
+            setattr(cfg.data, flag, getattr(args, flag))
     if args.image_size is not None:
         cfg.data.image_size = args.image_size
     if args.cache_dir is not None:
@@ -92,24 +106,68 @@ def resolve_config(args: argparse.Namespace):
     return cfg
 
 
+def _resumed_run(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The run directory of ``--resume [RUN]`` and the settings it was written with."""
+    from msacl.config import read_yaml_mapping
+
+    if args.resume and args.out and Path(args.resume) != Path(args.out):
+        raise MsaclError(f"--resume {args.resume} and --out {args.out} name two runs; give one")
+    if not (args.resume or args.out):
+        raise MsaclError("--resume needs the run directory: --resume RUN")
+    out = Path(args.resume or args.out)
+    if not (out / "checkpoint.pt").is_file():
+        raise MsaclError(f"{out}: no checkpoint.pt to resume from (not a pre-training run, or one killed before "
+                         "its first checkpoint: start it again without --resume)")
+    if args.config:
+        raise MsaclError("--config cannot be combined with --resume: a resumed run keeps its own config.yaml")
+    return out, read_yaml_mapping(out / "config.yaml")
+
+
+def _check_unchanged(out: Path, saved: dict, cfg) -> None:
+    """Refuse a resume that would change a setting other than ``RESUMABLE``."""
+    from msacl.config import to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items: dict = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k in ("data", "model", "loss", "optim"):
+                items.update(flat(v, f"{prefix}{k}."))
+            else:
+                items[prefix + k] = v
+        return items
+
+    before, after = flat(saved), flat(to_dict(cfg))
+    changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in after
+               if k not in RESUMABLE and k in before and before[k] != after[k]]
+    if changed:
+        raise MsaclError(f"{out} was trained with other settings; a resumed run keeps its own "
+                         f"({'; '.join(changed)}). Start a new run with --out to change them")
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
     from msacl.config import to_dict
 
-    cfg = resolve_config(args)
+    out, saved = _resumed_run(args) if args.resume is not None else (None, None)
+    cfg = resolve_config(args, saved)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     cfg.validate()
+    if saved is not None:
+        _check_unchanged(out, saved, cfg)
     if cfg.data.root is None:
         raise MsaclError("no data folder: give --data DIR (or data.root in --config)")
-    if args.out is None:
-        raise MsaclError("no run directory: give --out RUN")
-    out = Path(args.out)
-    if (out / "checkpoint.pt").is_file() and not args.resume:
-        raise MsaclError(f"{out} already holds a pre-training run (checkpoint.pt); "
-                         "add --resume to continue it, or choose another --out")
+    if out is None:
+        if args.out is None:
+            raise MsaclError("no run directory: give --out RUN")
+        out = Path(args.out)
+        if (out / "checkpoint.pt").is_file():
+            raise MsaclError(f"{out} already holds a pre-training run (checkpoint.pt); "
+                             f"continue it with `msacl pretrain --resume {out}`, or choose another --out")
+        if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+            raise MsaclError(f"{out}: a folder with other files in it, not an msacl run; choose an empty or new --out")
     if cfg.model.init == "imagenet":  # fail before reading any data when the weights cannot be had
         from msacl.models.weights import imagenet_state
 
@@ -137,7 +195,23 @@ def run(args: argparse.Namespace) -> int:
     if fabric.is_global_zero:
         info(f"pre-training {cfg.method} on {len(train)} images of {tuple(train.images.shape[1:])} "
              f"from {d.root} on {fabric.world_size} x {fabric.device.type}")
-    enc = pretrain(cfg, train, out, test=test, fabric=fabric, progress=not args.no_progress, resume=args.resume)
+    resume = saved is not None
+    if resume:
+        from msacl.pretrain.engine import load_checkpoint
+
+        done = int(load_checkpoint(out / "checkpoint.pt", cfg)["epoch"])
+        if done >= cfg.epochs and (out / "encoder.pt").is_file():
+            info(f"{out} has already finished its {done} epochs: nothing to do (--epochs N trains it longer); "
+                 f"encoder weights: {out / 'encoder.pt'}")
+            return 0
+    try:
+        enc = pretrain(cfg, train, out, test=test, fabric=fabric, progress=not args.no_progress, resume=resume)
+    except KeyboardInterrupt:
+        if fabric.is_global_zero:
+            ckpt = out / "checkpoint.pt"
+            where = f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+            info(f"interrupted: {where}; continue with `msacl pretrain --resume {out}`")
+        raise
     if fabric.is_global_zero:
         report_skipped(out, train, test)
         info(f"encoder weights: {enc}")

@@ -53,22 +53,3 @@ class ImageSet:
             masks=None if self.masks is None else self.masks[idx],
             skipped=list(self.skipped),
         )
-
-    @staticmethod
-    def concat(sets: list[ImageSet]) -> ImageSet:
-        """Concatenate splits; masks are kept (zeros where a part had none) if any part has them."""
-        if not sets:
-            raise ValueError("nothing to concatenate")
-        any_masks = any(s.masks is not None for s in sets)
-        masks = None
-        if any_masks:
-            masks = torch.cat(
-                [s.masks if s.masks is not None else torch.zeros_like(s.images[:, :1]) for s in sets]
-            )
-        return ImageSet(
-            images=torch.cat([s.images for s in sets]),
-            labels=torch.cat([s.labels for s in sets]),
-            paths=[p for s in sets for p in s.paths],
-            masks=masks,
-            skipped=[x for s in sets for x in s.skipped],
-        )

@@ -263,6 +263,9 @@ def pretrain(
     image_size = min(train.images.shape[-2:])
 
     ckpt_path, log_path, enc_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl", out_dir / "encoder.pt"
+    if not resume and ckpt_path.is_file():
+        raise MsaclError(f"{out_dir} already holds a pre-training run (checkpoint.pt); pass resume=True to continue "
+                         "it, or choose another directory")
     ckpt = load_checkpoint(ckpt_path, cfg) if resume else None
 
     try:
@@ -373,7 +376,7 @@ def pretrain(
     if test is not None and cfg.tsne and fabric.is_global_zero:
         from msacl.pretrain.visualise import tsne_picture
 
-        tsne_picture(raw, test, out_dir / "tsne.png", seed=derive_seed(cfg.seed, _TSNE),
+        tsne_picture(raw, test, out_dir / "tsne.png", seed=derive_seed(cfg.seed, _TSNE), run_seed=cfg.seed,
                      max_images=cfg.tsne_max_images, batch_size=gb, device=device)
     fabric.barrier()
     return enc_path

@@ -28,10 +28,13 @@ def encoder_features(
 
 
 def tsne_picture(
-    net: PretrainNet, test: ImageSet, path: str | Path, *, seed: int, max_images: int = 2000,
-    batch_size: int = 64, device: torch.device | str = "cpu",
+    net: PretrainNet, test: ImageSet, path: str | Path, *, seed: int, run_seed: int | None = None,
+    max_images: int = 2000, batch_size: int = 64, device: torch.device | str = "cpu",
 ) -> Path | None:
-    """Write a t-SNE scatter of normal vs abnormal test images; None (and a note) when too few images."""
+    """Write a t-SNE scatter of normal vs abnormal test images; None (and a note) when too few images.
+
+    ``seed`` drives the subsample and the layout; the title names ``run_seed``, the seed the user gave.
+    """
     from msacl.report.plots import plot_tsne
 
     n = len(test)
@@ -43,4 +46,5 @@ def tsne_picture(
         idx = torch.randperm(n, generator=make_generator(seed))[:max_images].sort().values
     feats = encoder_features(net, test.images[idx], batch_size=batch_size, device=device)
     return plot_tsne(feats.numpy(), test.labels[idx].numpy(), path, seed=seed % 2**32,
-                     title="t-SNE of pre-trained encoder features (test split)")
+                     title="t-SNE of pre-trained encoder features (test split)",
+                     shown_seed=seed if run_seed is None else run_seed)

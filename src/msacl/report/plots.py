@@ -310,7 +310,7 @@ def heatmap_png(
 
 def plot_tsne(
     features: Any, labels: Any, path: str | Path, *, seed: int = 0, perplexity: float = 30.0,
-    title: str = "t-SNE of image features",
+    title: str = "t-SNE of image features", shown_seed: int | None = None,
 ) -> Path:
     """2-D t-SNE of image features, normal in blue and abnormal in red (MSACL Fig. 1 style).
 
@@ -319,6 +319,7 @@ def plot_tsne(
         labels: 0/1. Shape: (N,).
         path: PNG to write.
         seed: ``random_state`` of scikit-learn's TSNE, so the layout is repeatable.
+        shown_seed: the seed the title names (the run's own seed, when ``seed`` is derived from it).
         perplexity: capped at (N - 1) / 3 for small sets.
         title: figure title.
     """
@@ -342,6 +343,7 @@ def plot_tsne(
                        linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(_plain(f"{title}\nperplexity {perp:.3g}, seed {seed}"), fontsize=10)
+    ax.set_title(_plain(f"{title}\nperplexity {perp:.3g}, seed {seed if shown_seed is None else shown_seed}"),
+                 fontsize=10)
     ax.legend(markerscale=2)
     return _save(fig, path)

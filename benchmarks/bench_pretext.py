@@ -1,0 +1,92 @@
+"""Is the pretext task learned, and does pre-training move PaDiM? (issue 11's targets, `cpu` profile settings)
+
+For each data set and seed: MSACL and CCD pre-trained from the ImageNet encoder, MSACL from random init, and
+PaDiM on each of them beside PaDiM on the ImageNet and the random-init encoders themselves. It runs through
+``msacl.bench.run_grid`` (so finished jobs are skipped on a re-run and pre-training resumes) and then reads each
+pre-training run's log: the last epoch's mean l_aug against ln 4, whether the burn-in ran and reached its
+criterion, and the centre warning.
+
+    python benchmarks/bench_pretext.py --out runs/pretext                       # 4 sets x 3 seeds
+    python benchmarks/bench_pretext.py --out runs/pretext --data kvasir_seg_patch128 --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA_ROOT = Path(os.environ.get("MSACL_DATA_ROOT", HERE.parents[1] / "shared" / "data"))
+DATASETS = ("kvasir_seg_patch128", "odir_fundus_256", "kermany_cxr_224", "brain_tumor_mri_224")
+VARIANTS = ("random", "imagenet", "msacl", "ccd", "msacl-scratch")
+
+
+def last_epoch_terms(run: Path) -> dict[str, float]:
+    """Mean of each loss term over the last epoch of a pre-training log."""
+    rows = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines() if s.strip()]
+    last = max(r["epoch"] for r in rows)
+    rows = [r for r in rows if r["epoch"] == last]
+    keys = [k for k in ("aug", "pos", "ctr", "con", "loss") if k in rows[0]]
+    return {k: statistics.mean(r[k] for r in rows) for k in keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from msacl.bench.grid import PROFILES, Row, Table, resolve_backbone
+    from msacl.bench.runner import run_grid
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/pretext")
+    p.add_argument("--data", nargs="+", default=list(DATASETS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: the cpu profile's)")
+    p.add_argument("--backbone", default=None, help="default: the cpu profile's (auto)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    a = p.parse_args(argv)
+    profile = dataclasses.replace(PROFILES["cpu"])
+    if a.epochs:
+        profile.pretrain_epochs = a.epochs
+    backbone = a.backbone or resolve_backbone(profile.backbone)
+    table = Table("pretext", "pretext", tuple(Row(v, v, "padim") for v in a.variants), ())
+    out = Path(a.out)
+    recs = run_grid(profile, [table], DATA_ROOT, out, list(a.data), seeds=a.seeds, backbone=backbone,
+                    device="cpu", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True))
+    by = defaultdict(list)
+    for r in recs:
+        by[(r["dataset"], r["variant"])].append(r["metrics"]["image_auroc"])
+    print(f"backbone {backbone}, {profile.pretrain_epochs} pre-training epochs, PaDiM image AUROC mean +- std "
+          f"over {a.seeds} seed(s)")
+    print(f"{'data':<22}" + "".join(f"{v:>16}" for v in a.variants))
+    for d in a.data:
+        cells = []
+        for v in a.variants:
+            xs = by.get((d, v), [])
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            cells.append(f"{statistics.mean(xs):.3f} +- {sd:.3f}" if xs else "-")
+        print(f"{d:<22}" + "".join(f"{c:>16}" for c in cells))
+    print(f"\nlast-epoch pretext losses (ln 4 = {math.log(4):.3f}; target l_aug < 0.8 ln 4 = {0.8 * math.log(4):.3f})")
+    for d in a.data:
+        for v in a.variants:
+            for s in range(a.seeds):
+                run = out / "pretrain" / d / backbone / v / f"seed{s}"
+                if not (run / "log.jsonl").is_file():
+                    continue
+                terms = last_epoch_terms(run)
+                cj = run / "centres.json"
+                c = json.loads(cj.read_text()) if cj.is_file() else {}
+                burn = c.get("burnin") or {}
+                print(f"{d:<22} {v:<14} seed {s}: " + " ".join(f"{k} {x:.3f}" for k, x in terms.items())
+                      + (f" | burn-in {burn.get('epochs')} epoch(s), reached {burn.get('reached')}" if burn else "")
+                      + (f" | centre ratio {c['min_distance'] / c['spread_rms']:.2f}" if c.get("spread_rms") else "")
+                      + (" | WARNING" if c.get("warning") else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
