@@ -2,11 +2,14 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs torch's CPU-only build first (no CUDA libraries).
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-all lint bench clean
 
 $(BIN)/msacl: pyproject.toml
 	$(PY) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/msacl
 

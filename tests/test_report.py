@@ -177,3 +177,45 @@ def test_write_report_rejects_mismatched_paths(tmp_path):
     with pytest.raises(MsaclError, match="paths for"):
         write_report(tmp_path, images=images, labels=labels, scores=scores, paths=paths[:-1], metrics={}, title="x")
     assert not np.any([p.suffix == ".html" for p in tmp_path.iterdir()])
+
+
+def test_report_draws_the_decision_threshold(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    metrics = evaluate(scores, labels, n_bootstrap=0)
+    metrics.update({"decision_threshold": 1.2, "decision_fpr_target": 0.05, "decision_n": 40,
+                    "decision_test_fpr": 0.1667, "decision_test_sensitivity": 0.625})
+    out = write_report(tmp_path, images=images, labels=labels, scores=scores, paths=paths, metrics=metrics,
+                       title="t", score_threshold=1.2)
+    text = "".join(_parse(out).text)
+    assert "Dashed: the decision threshold 1.2000 calibrated for a false-positive rate of 0.0500 on 40" in text
+    assert "false-positive rate of 0.1667 and a sensitivity of 0.6250" in text
+    assert "Decision: test sensitivity" in text
+    plain = plot_histograms(scores, labels, tmp_path / "plain.png")
+    assert Image.open(plain).tobytes() != Image.open(tmp_path / "histograms.png").tobytes()
+
+
+def test_overlay_png_keeps_the_input_size_and_marks_the_threshold():
+    import io
+
+    from msacl.report.heatmap import _BAR_W, display_scale, overlay_png
+
+    gen = torch.Generator().manual_seed(0)
+    for h, w in ((300, 500), (30, 50), (4200, 200)):
+        img = torch.rand(h, w, 3, generator=gen).numpy()
+        amap = torch.rand(h, w, generator=gen).numpy()
+        png = overlay_png(img, amap, threshold=0.9, flagged=amap > 0.9, title=f"{NASTY} " * 6)
+        s = display_scale(h, w)
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.size[0] == round(w * s) + _BAR_W
+            assert round(h * s) < im.size[1] <= round(h * s) + 300  # image area plus the wrapped title
+    assert display_scale(30, 50) == 7 and display_scale(300, 500) == 1 and display_scale(5000, 1000) == 0.5
+    img = np.full((200, 200), 0.5, np.float32)
+    amap = np.linspace(0, 1, 200 * 200, dtype=np.float32).reshape(200, 200)
+    with_t = np.asarray(Image.open(io.BytesIO(overlay_png(img, amap, threshold=0.5))).convert("RGB"))
+    without = np.asarray(Image.open(io.BytesIO(overlay_png(img, amap))).convert("RGB"))
+    assert with_t.shape == without.shape
+    diff = np.abs(with_t.astype(int) - without.astype(int)).sum(2) > 0
+    assert not diff[:, :200].any()  # the image area is the same; only the colour bar gains the mark
+    assert diff[:, 200:].any()
+    with pytest.raises(MsaclError, match="heat map of shape"):
+        overlay_png(img, amap[:10])

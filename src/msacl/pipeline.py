@@ -3,6 +3,9 @@
 The threshold rule for IoU / Dice (see ``msacl.metrics``): best Dice on a validation split with lesion masks
 when the data has one; otherwise a fraction ``holdout`` of train/normal is held out from fitting and the
 threshold is the 0.99 quantile of the pixel scores of those held-out normal images.
+
+The normal images of that validation split or hold-out are also the calibration set of ``msacl.calibrate``
+(decisions at a target false-positive rate): :func:`fit_detector` returns their scores and map maxima.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class FitResult:
     fit_seconds: float
     n_train: int
     held_out: ImageSet | None = None
+    calibration: dict[str, Any] | None = None
 
 
 def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
@@ -108,14 +112,28 @@ def fit_detector(
     fit_s = time.perf_counter() - t0
     threshold: dict[str, Any] = {"threshold": None, "rule": "none: no val/ masks and no held-out normals"}
     ref = val if val is not None else held
+    calibration = None
     if ref is not None:
         desc = "val maps" if val is not None else "held-out maps"
-        _, maps = predict_all(det, ref.images, batch_size, device, progress=progress, desc=desc)
+        scores, maps = predict_all(det, ref.images, batch_size, device, progress=progress, desc=desc)
         # Best Dice on val/ masks; without masks the 0.99 quantile of the held-out normals' pixel scores.
         t, rule = select_threshold(maps, val.masks if val is not None else None, quantile=0.99)
         # display_range: one colour scale for every heat map of `msacl predict` (the range of these maps).
         threshold = {"threshold": t, "rule": rule, "display_range": [float(maps.min()), float(maps.max())]}
-    return FitResult(det, threshold, fit_s, len(train), held)
+        calibration = calibration_record(ref, scores, maps, "val/normal" if val is not None else
+                                         "held-out train/normal (holdout.txt)")
+    return FitResult(det, threshold, fit_s, len(train), held, calibration)
+
+
+def calibration_record(ref: ImageSet, scores: torch.Tensor, maps: torch.Tensor, source: str) -> dict[str, Any] | None:
+    """What ``msacl.calibrate`` needs from normal images the detector never saw: their image scores and the
+    largest value of each one's map (the run's ``calibration.json``); None when ``ref`` has no normal image."""
+    normal = ref.labels == 0
+    if not bool(normal.any()):
+        return None
+    idx = torch.nonzero(normal).ravel().tolist()
+    return {"source": source, "n": len(idx), "image_scores": [float(scores[i]) for i in idx],
+            "map_max": [float(maps[i].max()) for i in idx], "paths": [ref.paths[i] for i in idx]}
 
 
 def test_detector(det: Detector, test: ImageSet, *, threshold: float | None = None, seed: int = 0,

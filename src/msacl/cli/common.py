@@ -22,6 +22,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fpr_value(text: str) -> float:
+    """argparse type of --fpr: a false-positive rate strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value:g}")
+    return value
+
+
+def add_fpr(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fpr", type=fpr_value, default=0.05, metavar="ALPHA",
+                   help="target false-positive rate of the normal/abnormal decision (default 0.05): the threshold "
+                        "is calibrated on held-out normal images (split conformal; see RUN/decision.json)")
+
+
 def add_seed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 

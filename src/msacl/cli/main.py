@@ -18,7 +18,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "self-supervised pre-training: MSACL, CCD, SimCLR or RotNet"),
     "fit": ("detect", "fit an anomaly detector (PaDiM, IGD, ...) on normal images"),
     "test": ("detect", "score a test split: metrics.json and report.html"),
-    "predict": ("detect", "heat maps and scores for new images"),
+    "predict": ("predict", "scores, normal/abnormal decisions and heat maps for new images"),
+    "export": ("export", "a fitted run as one ONNX or TorchScript graph, checked against the detector"),
+    "serve": ("serve", "a fitted run as an HTTP service: POST /predict, GET /health, a web page at /"),
     "bench": ("bench", "the papers' tables on the shared data sets"),
     "demo": ("demo", "pre-train, fit PaDiM, test and write a report in a few minutes"),
 }

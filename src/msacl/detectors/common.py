@@ -70,7 +70,9 @@ def to_image_map(patch_map: torch.Tensor, size: tuple[int, int], sigma: float = 
 
     Shape: (B, h, w) -> (B, 1, H, W).
     """
-    h, w = patch_map.shape[-2:]
+    # int(): under ONNX export tracing shapes are tensors, which would miss the cache and record the operator's
+    # construction (in float64) in the graph instead of the operator itself
+    h, w = (int(v) for v in patch_map.shape[-2:])
     a_h = _axis_operator(h, int(size[0]), float(sigma)).to(patch_map)
     a_w = _axis_operator(w, int(size[1]), float(sigma)).to(patch_map)
     return (a_h @ patch_map @ a_w.T).unsqueeze(1)

@@ -60,7 +60,8 @@ def gaussian_window(win_size: int, sigma: float = 1.5, *, like: torch.Tensor | N
 
 def _filter(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian filter without padding, per channel. Shape: (B, C, H, W) -> (B, C, H-w+1, W-w+1)."""
-    c, k = x.shape[1], win.numel()
+    # int(): a traced (ONNX export) channel count would give the kernel a shape ONNX cannot know
+    c, k = int(x.shape[1]), win.numel()
     x = F.conv2d(x, win.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     return F.conv2d(x, win.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
@@ -156,7 +157,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, win_
         s, cs = ssim_components(x, y, win_size=win_size, win_sigma=win_sigma, data_range=data_range, k=k)
         if i < levels - 1:
             factors.append(torch.relu(cs.flatten(2).mean(-1)))
-            pad = [n % 2 for n in x.shape[2:]]
+            pad = [int(n) % 2 for n in x.shape[2:]]  # int(): a traced size would make padding a graph value
             x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
     factors.append(torch.relu(s.flatten(2).mean(-1)))
     per_channel = torch.prod(torch.stack(factors) ** w.view(-1, 1, 1), dim=0)  # (B, C)

@@ -45,8 +45,21 @@ _LABELS = {
     "aupro": "AUPRO (FPR <= 0.3)",
     "iou": "IoU (mean over abnormal images)",
     "dice": "Dice (mean over abnormal images)",
-    "threshold": "Threshold",
-    "threshold_rule": "Threshold chosen by",
+    "decision_fpr_target": "Decision: target false-positive rate",
+    "decision_threshold": "Decision: image-score threshold (abnormal if above)",
+    "decision_n": "Decision: held-out normal images it is calibrated on",
+    "decision_fpr_bound": "Decision: guaranteed false-positive rate at most",
+    "decision_rule": "Decision: rule",
+    "decision_test_fpr": "Decision: test false-positive rate",
+    "decision_test_sensitivity": "Decision: test sensitivity",
+    "pixel_decision_threshold": "Decision: pixel threshold (P(normal image has a flagged pixel) <= target)",
+    "pixel_decision_normal_images_flagged": "Decision: test normal images with a flagged pixel",
+    "pixel_decision_abnormal_images_flagged": "Decision: test abnormal images with a flagged pixel",
+    "pixel_decision_pixel_fpr": "Decision: test normal-image pixels flagged",
+    "pixel_decision_pixel_sensitivity": "Decision: test lesion pixels flagged",
+    "pixel_decision_dice": "Decision: Dice at the pixel threshold (abnormal images)",
+    "threshold": "Threshold (IoU / Dice)",
+    "threshold_rule": "Threshold (IoU / Dice) chosen by",
     "groups_iou": "IoU, group protocol",
     "groups_dice": "Dice, group protocol",
     "iou_oracle": "IoU at oracle threshold",
@@ -148,6 +161,7 @@ def write_report(
     config: Any = None,
     features: Any = None,
     n_overlays: int = 8,
+    score_threshold: float | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` and its figures (``roc.png``, ``histograms.png``, ``overlays.png``).
 
@@ -169,6 +183,8 @@ def write_report(
         config: the run's config (dict or dataclass); None reads ``run_dir/config.yaml``.
         features: image features for a t-SNE figure (``tsne.png``), or None. Shape: (N, D).
         n_overlays: images per block of the overlay figure.
+        score_threshold: the calibrated image-score threshold, drawn on the histograms with the test
+            false-positive rate and sensitivity it gives (``metrics["decision_*"]``), or None.
 
     Returns:
         Path of ``report.html``.
@@ -189,8 +205,22 @@ def write_report(
     else:
         roc_html = ""
         skipped.append("ROC curve: the test set has only one class")
-    hist = plot_histograms(s, y, run_dir / "histograms.png")
-    hist_html = _figure(hist, "Score histograms", "Image anomaly scores of normal (blue) and abnormal (red) images.")
+    hist_label = None
+    if score_threshold is not None:
+        target = metrics.get("decision_fpr_target")
+        target = "n/a" if target is None else f"{target:g}"
+        hist_label = (f"threshold {float(score_threshold):.4g} (FPR target {target})"
+                      f"\ntest FPR {_fmt(metrics.get('decision_test_fpr'))}, "
+                      f"sensitivity {_fmt(metrics.get('decision_test_sensitivity'))}")
+    hist = plot_histograms(s, y, run_dir / "histograms.png", threshold=score_threshold, threshold_label=hist_label)
+    hist_cap = "Image anomaly scores of normal (blue) and abnormal (red) images."
+    if score_threshold is not None:
+        hist_cap += (f" Dashed: the decision threshold {_fmt(score_threshold)} calibrated for a false-positive rate "
+                     f"of {_fmt(metrics.get('decision_fpr_target'))} on {_fmt(metrics.get('decision_n'))} held-out "
+                     f"normal images; on this test set it gives a false-positive rate of "
+                     f"{_fmt(metrics.get('decision_test_fpr'))} and a sensitivity of "
+                     f"{_fmt(metrics.get('decision_test_sensitivity'))}.")
+    hist_html = _figure(hist, "Score histograms", hist_cap)
     parts.append(f"<h2>Detection</h2>\n<div class='row'>{roc_html}{hist_html}</div>")
 
     if maps is not None:

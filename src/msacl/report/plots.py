@@ -74,7 +74,8 @@ def _roc_figure(scores: Any, labels: Any, title: str) -> Figure:
 
 
 def plot_histograms(
-    scores: Any, labels: Any, path: str | Path, threshold: float | None = None, *, title: str = "Image scores"
+    scores: Any, labels: Any, path: str | Path, threshold: float | None = None, *, title: str = "Image scores",
+    threshold_label: str | None = None,
 ) -> Path:
     """Histograms of the scores of normal (blue) and abnormal (red) images on shared bins.
 
@@ -84,6 +85,7 @@ def plot_histograms(
         path: PNG to write.
         threshold: an image-score threshold to mark with a dashed line (same scale as ``scores``), or None.
         title: figure title.
+        threshold_label: legend text of the threshold line (default "threshold = <value>").
     """
     s = check_scores(scores)
     y = check_labels(labels, s.size)
@@ -109,7 +111,8 @@ def plot_histograms(
         ax.text(0.99, 0.55, f"{n_out} image(s) above {hi:.4g}\n(max {finite.max():.4g}) counted in the last bin",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8, color="dimgray")
     if threshold is not None:
-        ax.axvline(float(threshold), color="black", ls="--", lw=1.2, label=f"threshold = {float(threshold):.4g}")
+        ax.axvline(float(threshold), color="black", ls="--", lw=1.2,
+                   label=_plain(threshold_label or f"threshold = {float(threshold):.4g}"))
     ax.set(xlabel="anomaly score", ylabel="images")
     ax.set_title(_plain(title), fontsize=10)
     ax.grid(alpha=0.3)
