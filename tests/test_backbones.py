@@ -35,7 +35,7 @@ def test_every_detector_runs_on_a_timm_backbone(name, synthetic_train, tmp_path)
     torch.testing.assert_close(Detector.load(tmp_path / "d.pt").predict(x[:3])[0], scores)
 
 
-@pytest.mark.parametrize("method", ["msacl", "ccd", "simclr", "rotnet"])
+@pytest.mark.parametrize("method", ["msacl", "ccd", "simclr", "rotnet", "csi", "droc"])
 def test_every_method_builds_and_steps_on_a_timm_backbone(method, synthetic_train):
     cfg = PretrainConfig(method=method)
     cfg.model.backbone = LITE0

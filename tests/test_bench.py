@@ -71,7 +71,8 @@ def test_truncated_result_line_is_run_again(tmp_path):
 def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "kvasir_seg_patch128", "--tables", "fig6_right"]) == 0
     out = capsys.readouterr().out
-    assert "7 jobs" in out and "simclr" in out and "imagenet" in out and "msacl-scratch" in out
+    assert "9 jobs" in out and "simclr" in out and "imagenet" in out and "msacl-scratch" in out
+    assert "csi" in out and "droc" in out
     assert main(["bench", "--plan", "--data", "nope"]) == 1
     assert "unknown data set" in capsys.readouterr().err
     # A table defined on other data sets is named, and a selection with nothing to run is an error.
@@ -81,7 +82,7 @@ def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "pneumoniamnist_28", "--tables", "fig6_right",
                  "table1"]) == 0
     cap = capsys.readouterr()
-    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "12 jobs" in cap.out
+    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "15 jobs" in cap.out
 
 
 def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
@@ -94,7 +95,7 @@ def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
             "--out", str(tmp_path), "--report-only"]
     assert main(argv) == 0
     md = (tmp_path / "tables.md").read_text()
-    assert "1 of 7 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
+    assert "1 of 9 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
     assert (tmp_path / "fig6_right.png").is_file()
 
 

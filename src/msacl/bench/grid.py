@@ -22,6 +22,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "imagenet": {},
     "simclr": {"method": "simclr"},
     "rotnet": {"method": "rotnet"},
+    "csi": {"method": "csi"},
+    "droc": {"method": "droc", "optim.weight_decay": 3e-4},  # DROC's release (run_contrastive_da.sh)
     "ccd": {"method": "ccd"},  # permutation (colonoscopy; CCD Sec. 3.3) unless the data set says otherwise
     "ccd+medmix": {"method": "ccd", "strong": "medmix"},
     "msacl-nokappa": {"method": "msacl", "loss.alpha": 1.0},
@@ -83,11 +85,15 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
     return [
         Table("table1", "Table 1: anomaly detection, image AUROC", _rows(
             ("DAE", "random", "dae"),
+            ("OCGAN", "random", "ocgan"),
             ("F-anoGAN", "random", "fanogan"),
+            ("CAVGA-R_u", "imagenet", "cavga"),
             ("MS-SSIM AE", "random", "msssim_ae"),
+            ("PANDA", "imagenet", "panda"),
             ("PatchCore", "imagenet", "patchcore"),
         ) + on_encoders, ()),
-        Table("table2", "Table 2: anomaly segmentation on Kvasir patches, IoU / Dice", on_encoders,
+        Table("table2", "Table 2: anomaly segmentation on Kvasir patches, IoU / Dice",
+              on_encoders + _rows(("CAVGA-R_u", "imagenet", "cavga")),
               ("kvasir_seg_patch128",), ("iou", "dice", "pixel_auroc", "iou_oracle", "dice_oracle")),
         Table("table3", f"Table 3: ablation of MSACL components ({ablation_detector}), image AUROC", _rows(
             ("CCD", "ccd", ablation_detector),
@@ -108,6 +114,8 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
             ("MSACL from random init", "msacl-scratch", "padim"),
             ("SimCLR", "simclr", "padim"),
             ("RotNet", "rotnet", "padim"),
+            ("CSI", "csi", "padim"),
+            ("DROC", "droc", "padim"),
             ("CCD", "ccd", "padim"),
             ("MSACL", "msacl", "padim"),
         ), ("kvasir_seg_patch128",)),
@@ -149,12 +157,17 @@ PROFILES: dict[str, Profile] = {
             "fanogan": {"epochs": 15},
             "msssim_ae": {"epochs": 15},
             "dae": {"epochs": 15},
+            "ocgan": {"epochs": 15, "batch_size": 32, "mining_start": 11},
+            "cavga": {"epochs": 15},
         },
         local=False,
         reductions=(
             "images resized to 64 px (32 px for PneumoniaMNIST) instead of 256 px (64 px for Liu et al.)",
             "15 pre-training epochs instead of 2000",
-            "15 training epochs for IGD, F-anoGAN, MS-SSIM AE and DAE",
+            "15 training epochs for IGD, F-anoGAN, MS-SSIM AE, DAE and CAVGA-R_u (CAVGA: 100)",
+            "OCGAN: 15 epochs of batch 32, negative mining from epoch 12, instead of 201 epochs of batch 512 "
+            "(mining after epoch 150)",
+            "PANDA on the profile's backbone instead of ResNet-152",
             "global models only: no local 32 x 32 patch models for IGD / AE / F-anoGAN",
             "Fig. 6 left uses PaDiM instead of IGD",
             "EfficientNet-Lite0 (ImageNet) instead of ResNet-18 where ResNet-18's ImageNet weights cannot be had",

@@ -18,7 +18,7 @@ from msacl.cli.common import (
 )
 from msacl.errors import MsaclError
 
-METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet")
+METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet", "csi", "droc")
 
 
 def examples(verb: str) -> str:
@@ -42,7 +42,7 @@ they barely differ; --set loss.burnin=false freezes those of the initial encoder
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHOD_NAMES, default=None,
-                   help="msacl (default), ccd, simclr or rotnet")
+                   help="msacl (default), ccd, simclr, rotnet, csi or droc")
     p.add_argument("--out", metavar="RUN", help="run directory to write")
     add_data(p, required=False)
     p.add_argument("--strong", default=None, metavar="FAMILY",

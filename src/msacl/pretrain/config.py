@@ -14,11 +14,13 @@ from typing import Any, ClassVar, Literal
 from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
 
-METHODS = ("msacl", "ccd", "simclr", "rotnet")
+METHODS = ("msacl", "ccd", "simclr", "rotnet", "csi", "droc")
 
 # Strong family used when ``strong`` is left empty: MedMix for MSACL (Sec. 3.2); permutation for CCD,
-# its best family on colonoscopy (CCD Sec. 3.3); RotNet rotates; SimCLR has no strong augmentation.
-DEFAULT_STRONG = {"msacl": "medmix", "ccd": "permutation", "rotnet": "rotation", "simclr": None}
+# its best family on colonoscopy (CCD Sec. 3.3); RotNet rotates; SimCLR has no strong augmentation; CSI shifts
+# and DROC augments the distribution with rotations (both papers' choice).
+DEFAULT_STRONG = {"msacl": "medmix", "ccd": "permutation", "rotnet": "rotation", "simclr": None,
+                  "csi": "rotation", "droc": "rotation"}
 
 
 @dataclass
@@ -51,7 +53,8 @@ class ModelOptions:
 class LossOptions:
     """Hyper-parameters of the losses and the weights of Eq. 1 (all 1 in both papers)."""
 
-    tau: float = 0.2  # CCD Sec. 3.2; used by every contrastive loss of the engine
+    tau: float = 0.2  # CCD Sec. 3.2 (DROC's too); every contrastive loss of the engine but CSI's
+    csi_tau: float = 0.5  # CSI's NT-Xent temperature (official training/contrastive_loss.py)
     alpha: float = 2.0  # MSACL Eq. 7: not given by the paper; > 1 as its text requires; 1 = no calibration
     squared_centring: bool = False  # MSACL Eq. 3 with ||.||_2 (False) or ||.||_2^2 (True)
     # MSACL burn-in (our reading of Eq. 2, docs/benchmarks.md): before freezing the centres, train
@@ -87,7 +90,7 @@ class PretrainConfig:
     batch_size / W images, and the contrastive losses see all of them.
     """
 
-    method: Literal["msacl", "ccd", "simclr", "rotnet"] = "msacl"
+    method: Literal["msacl", "ccd", "simclr", "rotnet", "csi", "droc"] = "msacl"
     strong: str | None = None  # None: DEFAULT_STRONG[method]
     scope: Literal["global", "local"] = "global"
     local_size: int = 32  # side of the local model's patches (both papers)
@@ -121,6 +124,7 @@ class PretrainConfig:
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.local_size >= 8, f"local_size must be >= 8, got {self.local_size}"),
             (self.loss.tau > 0, f"loss.tau must be > 0, got {self.loss.tau}"),
+            (self.loss.csi_tau > 0, f"loss.csi_tau must be > 0, got {self.loss.csi_tau}"),
             (self.loss.alpha > 0, f"loss.alpha must be > 0, got {self.loss.alpha}"),
             (0 < self.loss.patch_frac < 1, f"loss.patch_frac must be in (0, 1), got {self.loss.patch_frac}"),
             (self.loss.burnin_max_epochs is None or self.loss.burnin_max_epochs >= 0,

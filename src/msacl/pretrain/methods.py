@@ -1,4 +1,4 @@
-"""The four pre-training methods as (inputs, loss terms) recipes over one network.
+"""The pre-training methods as (inputs, loss terms) recipes over one network.
 
 A method turns a batch of training images into the encoder's inputs (:meth:`Method.make_batch`) and the
 network's outputs into named loss terms (:meth:`Method.losses`). The network never sees a loss and the
@@ -12,6 +12,10 @@ msacl     K strong classes x 2 weak views + pair  ctr + con (Eq. 3-7) + aug + po
 ccd       K strong classes x 2 weak views + pair  con (CCD Eq. 2) + aug + pos
 simclr    2 weak views                            con (NT-Xent)
 rotnet    1 weak view x 4 rotations               aug (4-way rotation)
+csi       4 rotations x 2 weak views              con (NT-Xent, shifted instances) + aug
+                                                  (shift classification); ``csi.py``
+droc      1 random rotation x 2 weak views        con (one-sided, rotated copies are instances);
+                                                  ``droc.py``
 ========  ======================================  ==============================
 """
 
@@ -354,6 +358,12 @@ class RotNet(Method):
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {m.name: m for m in (MSACL, CCD, SimCLR, RotNet)}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add a recipe defined in its own module (``csi``, ``droc``) to ``METHOD_CLASSES``."""
+    METHOD_CLASSES[cls.name] = cls
+    return cls
 
 
 def build_method(cfg: PretrainConfig, *, image_size: int) -> Method:
