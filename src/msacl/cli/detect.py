@@ -1,10 +1,12 @@
-"""``msacl fit``, ``msacl test`` and ``msacl predict``: fit a detector, evaluate it, apply it to new images.
+"""``msacl fit`` and ``msacl test``: fit a detector and evaluate it (``msacl predict`` is in ``cli.predict``).
 
 ``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its constructor settings, data, encoder,
 seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name, settings and state dict,
-encoder weights included), ``threshold.json`` and, where training images were held out, ``holdout.txt``.
+encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the normal images held out
+from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal / abnormal decision at
+``--fpr``, see ``msacl.calibrate``) and, where training images were held out, ``holdout.txt``.
 
-Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test`` and ``predict``):
+Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
 
 * when the data folder has ``val/`` with lesion masks, the threshold with the best mean Dice on the validation
   images with a lesion;
@@ -13,8 +15,8 @@ Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test`` and ``p
   normal images, so about 1 % of normal pixels are flagged. ``--holdout 0`` fits on every training image and
   stores no threshold; ``test`` then reports only the best-Dice oracle.
 
-``test`` writes ``metrics.json``, ``scores.csv`` (path, label, score) and ``report.html`` into RUN.
-``predict`` writes one heat-map PNG per image and ``scores.csv`` into ``--out``.
+``test`` writes ``metrics.json``, ``decision.json``, ``scores.csv`` (path, label, score, decision) and
+``report.html`` into RUN.
 """
 
 from __future__ import annotations
@@ -23,16 +25,22 @@ import argparse
 import csv
 import inspect
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from msacl.cli.common import add_backbone, add_data, add_seed, backbone_for, info, report_skipped
-from msacl.errors import CheckpointError, DataError, MsaclError
+from msacl.cli.common import (
+    add_backbone,
+    add_data,
+    add_fpr,
+    add_seed,
+    backbone_for,
+    info,
+    positive_int,
+    report_skipped,
+)
+from msacl.errors import DataError, MsaclError
 
-DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae")
-# Settings the CLI fills in from its own flags/data when the detector's constructor has a parameter of that name.
-CLI_KEYS = ("backbone", "image_size", "channels", "batch_size", "init_seed")
+DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae", "panda", "ocgan", "cavga")
 
 _EXAMPLES = {
     "fit": """\
@@ -54,15 +62,9 @@ pixel scores of --holdout (default 10%) of train/normal, held out from fitting. 
 examples:
   msacl test --run runs/padim                    # the test split of the data folder the run was fitted on
   msacl test --run runs/padim --data OTHER_DIR   # another folder with test/normal, test/abnormal[, test/masks]
+  msacl test --run runs/padim --fpr 0.01         # decide normal/abnormal at a 1% false-positive rate
 
-writes RUN/metrics.json, RUN/scores.csv (path,label,score) and RUN/report.html
-""",
-    "predict": """\
-examples:
-  msacl predict --run runs/padim new_scans/ --out preds/
-  msacl predict --run runs/padim case17.dcm --out preds/
-
-writes one heat-map PNG per image and scores.csv (path,score,lesion_fraction) into --out
+writes RUN/metrics.json, RUN/decision.json, RUN/scores.csv (path,label,score,decision) and RUN/report.html
 """,
 }
 
@@ -82,12 +84,16 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--encoder-local", metavar="PATH", default=None,
                        help="weights of the local (32x32 patch) model's encoder, for detectors with local=true")
         add_backbone(p)
-        p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch (default 32)")
+        p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                       help="images per batch (default 32)")
         p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
                        help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
                             "has no val/ with masks (default 0.1; 0 = none)")
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
         p.add_argument("--force", action="store_true", help="overwrite a run directory that has a detector")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted fit from RUN/fit_checkpoint.pt (the detectors that train "
+                            "through msacl.detectors.fitloop: panda, ocgan, cavga)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--config", metavar="FILE.yaml",
                        help="YAML mapping of detector settings (a run's config.yaml works too)")
@@ -95,27 +101,23 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                        help="one detector setting, e.g. --set n_features=200 or --set strides=[8,16] "
                             "(repeatable; --print-config lists them all)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        add_fpr(p)
         add_seed(p)
     elif verb == "test":
         p.add_argument("--run", required=True, metavar="RUN", help="run directory written by `msacl fit`")
         add_data(p, required=False)
         p.set_defaults(channels=None, layout=None)
-        p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
+        p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                       help="images per batch (default 32)")
         p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
         p.add_argument("--no-report", action="store_true", help="skip report.html")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_fpr(p)
         add_seed(p)
-    elif verb == "predict":
-        p.add_argument("--run", required=True, metavar="RUN", help="run directory written by `msacl fit`")
-        p.add_argument("input", metavar="IMAGE_OR_DIR",
-                       help="an image (PNG, JPEG, TIFF, BMP, DICOM) or a folder of them (searched recursively)")
-        p.add_argument("--out", required=True, metavar="DIR", help="folder for heat maps and scores.csv")
-        p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
-        p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"fit": _fit, "test": _test, "predict": _predict}[args.verb](args)
+    return {"fit": _fit, "test": _test}[args.verb](args)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -159,33 +161,6 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
     return cfg, set(given)
 
 
-def _open_run(path: str) -> tuple[Path, dict[str, Any]]:
-    import yaml
-
-    run = Path(path)
-    if not run.is_dir():
-        raise CheckpointError(f"{run}: run directory not found")
-    if not (run / "detector.pt").is_file():
-        raise CheckpointError(f"{run}: not a fitted run (no detector.pt); create one with `msacl fit --out {run}`")
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{run}/config.yaml: unreadable ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("command") != "fit":
-        raise CheckpointError(f"{run}: config.yaml was not written by `msacl fit`")
-    return run, cfg
-
-
-def _read_threshold(run: Path) -> dict[str, Any]:
-    p = run / "threshold.json"
-    if not p.is_file():
-        return {"threshold": None, "rule": "none (threshold.json missing)"}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p}: unreadable ({e})") from None
-
-
 # ---------------------------------------------------------------------------------------------------- fit
 
 
@@ -194,6 +169,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from msacl.data import load_split
     from msacl.detectors import REGISTRY
+    from msacl.inference import source_channels
     from msacl.pipeline import build_seeded, fit_detector, resolve_device
     from msacl.runs import RunDir, write_json
 
@@ -234,6 +210,11 @@ def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "detector.pt").exists() and not args.force:
         raise MsaclError(f"{out}: already holds a fitted detector; use another --out or --force")
+    if args.resume and not (out / "fit_checkpoint.pt").is_file():
+        raise MsaclError(f"{out}: no fit_checkpoint.pt to resume from (fit without --resume first)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file() and not args.force:
+        raise MsaclError(f"{out}: a folder with other files in it, not an msacl run; choose an empty or new --out "
+                         "(--force writes into it anyway)")
     device = resolve_device(args.device)
 
     load = {"layout": args.layout, "channels": args.channels, "on_bad_file": args.on_bad_file,
@@ -246,6 +227,8 @@ def _fit(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data}: training images are {h}x{w}; pass --image-size N to resize them to N x N")
     image_size = int(h)
     config["data"]["image_size"] = image_size
+    # What `predict` / `serve` compare new inputs with: the loaded tensors no longer say if sources were grey.
+    config["data"]["source_channels"] = source_channels(train.paths)
     if "image_size" in kwargs:
         kwargs["image_size"] = image_size
 
@@ -266,6 +249,8 @@ def _fit(args: argparse.Namespace) -> int:
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")
+    if hasattr(det, "checkpointing"):  # detectors that train through fitloop save every epoch and can resume
+        det.checkpointing(run.path / "fit_checkpoint.pt", resume=args.resume)
     report_skipped(run.path, train, val)
     info(f"fitting {args.detector} on {len(train)} images of {image_size} px ({device})")
     try:
@@ -276,6 +261,12 @@ def _fit(args: argparse.Namespace) -> int:
     threshold, fit_s, held = fit.threshold, fit.fit_seconds, fit.held_out
     if held is not None:
         (run.path / "holdout.txt").write_text("\n".join(held.paths) + "\n")
+    decision = None
+    if fit.calibration is not None:
+        from msacl.calibrate import decide
+
+        write_json(run.path / "calibration.json", fit.calibration)
+        decision = threshold["decision"] = decide(fit.calibration, args.fpr)
     write_json(run.path / "threshold.json", threshold)
     det.cpu().save(run.path / "detector.pt")
     write_json(run.path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
@@ -283,6 +274,13 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {run.path / 'detector.pt'}")
     if threshold["threshold"] is not None:
         print(f"threshold {threshold['threshold']:.4g} ({threshold['rule']})")
+    if decision is not None:
+        print(f"decision threshold {decision['image']['threshold']:.4g} at FPR {args.fpr:g} "
+              f"(split conformal on {decision['image']['n']} held-out normal images)")
+        for w in decision["warnings"]:
+            info(f"warning: {w}")
+    else:
+        info("no held-out normal images: `test` and `predict` give scores but no normal/abnormal decision")
     print(f"next: msacl test --run {run.path}")
     return 0
 
@@ -291,12 +289,14 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
+    from msacl.calibrate import evaluate_decision
     from msacl.data import load_split
     from msacl.detectors import Detector
+    from msacl.inference import NO_CALIBRATION, open_run, read_threshold, run_decision
     from msacl.pipeline import resolve_device, test_detector
     from msacl.runs import write_json
 
-    run, cfg = _open_run(args.run)
+    run, cfg = open_run(args.run)
     data_cfg = cfg.get("data", {})
     data = args.data or data_cfg.get("root")
     if not data:
@@ -313,23 +313,36 @@ def _test(args: argparse.Namespace) -> int:
     report_skipped(run, test)
     if len(test) == 0:
         raise DataError(f"{data}: no test images")
-    thr = _read_threshold(run)
+    thr = read_threshold(run)
     metrics, scores, maps = test_detector(det, test, threshold=thr.get("threshold"), seed=args.seed,
                                           batch_size=args.batch_size, device=device, progress=not args.quiet)
     if test.masks is not None and thr.get("threshold") is not None:
         metrics["threshold_rule"] = thr.get("rule")
     metrics["detector"] = cfg.get("detector")
     metrics["test_data"] = str(data)
+    decision = run_decision(run, args.fpr)
+    if decision is None:
+        info(f"note: {NO_CALIBRATION.format(run=run)}")
+        calls = [""] * len(scores)
+    else:
+        for w in decision["warnings"]:
+            info(f"warning: {w}")
+        record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
+        metrics.update(record["metrics"])
+        write_json(run / "decision.json", record)
+        calls = ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
     write_json(run / "metrics.json", metrics)
-    _write_csv(run / "scores.csv", ["path", "label", "score"],
-               [[p, int(l), f"{float(s):.6g}"] for p, l, s in zip(test.paths, test.labels, scores, strict=True)])
+    _write_csv(run / "scores.csv", ["path", "label", "score", "decision"],
+               [[p, int(l), f"{float(s):.6g}", c]
+                for p, l, s, c in zip(test.paths, test.labels, scores, calls, strict=True)])
     report = None
     if not args.no_report:
         from msacl.report import write_report
 
         report = write_report(run, images=test.images, labels=test.labels, scores=scores,
                               maps=maps, masks=test.masks, paths=test.paths, metrics=metrics,
-                              title=f"{cfg.get('detector')} on {Path(str(data)).name}")
+                              title=f"{cfg.get('detector')} on {Path(str(data)).name}",
+                              score_threshold=metrics.get("decision_threshold"))
     _print_summary(metrics)
     print(f"metrics: {run / 'metrics.json'}   scores: {run / 'scores.csv'}")
     if report is not None:
@@ -361,65 +374,10 @@ def _print_summary(m: dict[str, Any]) -> None:
         print(f"pixel AUROC {_fmt(m.get('pixel_auroc'))}  AUPRO {_fmt(m.get('aupro'))}  "
               f"IoU {_fmt(m.get('iou'))}  Dice {_fmt(m.get('dice'))}  "
               f"(oracle IoU {_fmt(m.get('iou_oracle'))}  Dice {_fmt(m.get('dice_oracle'))})")
+    if m.get("decision_threshold") is not None:
+        print(f"decision at FPR {m['decision_fpr_target']:g}: threshold {m['decision_threshold']:.4g} "
+              f"(n={m['decision_n']} held-out normals): test FPR {_fmt(m.get('decision_test_fpr'))}  "
+              f"sensitivity {_fmt(m.get('decision_test_sensitivity'))}")
     for note in m.get("notes") or []:
         print(f"note: {note}")
 
-
-# ---------------------------------------------------------------------------------------------------- predict
-
-
-def _list_inputs(path: Path) -> list[Path]:
-    from msacl.data.readers import is_hidden, is_image_file
-
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not any(is_hidden(q) for q in p.relative_to(path).parts) and is_image_file(p))
-    if not files:
-        raise DataError(f"{path}: no image or DICOM files found")
-    return files
-
-
-def _predict(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from msacl.data import read_image
-    from msacl.detectors import Detector
-    from msacl.pipeline import resolve_device
-    from msacl.report.plots import heatmap_png
-
-    run, cfg = _open_run(args.run)
-    size = int(cfg["data"]["image_size"])
-    channels = int(cfg["data"].get("channels", 3))
-    src = Path(args.input)
-    files = _list_inputs(src)
-    det = Detector.load(run / "detector.pt")
-    device = resolve_device(args.device)
-    det.to(device)
-    thr = _read_threshold(run)
-    # One colour scale for every image (the range of the maps the threshold was set on), so a calm image
-    # looks calm; without it each heat map is scaled to its own range.
-    vmin, vmax = thr.get("display_range") or (None, None)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, used = [], set()
-    for i in tqdm(range(0, len(files), args.batch_size), desc="predict", unit="batch"):
-        chunk = files[i : i + args.batch_size]  # read per batch: memory does not grow with the folder
-        images = torch.stack([read_image(f, channels=channels, image_size=size) for f in chunk])
-        scores, maps = det.predict(images.to(device))
-        for f, img, s, m in zip(chunk, images, scores.cpu(), maps.cpu(), strict=True):
-            rel = f.relative_to(src) if src.is_dir() else Path(f.name)
-            name = "__".join(rel.with_suffix("").parts) + "_heatmap.png"
-            while name in used:
-                name = "_" + name
-            used.add(name)
-            heatmap_png(img, m, out / name, threshold=thr.get("threshold"), vmin=vmin, vmax=vmax,
-                        title=f"{rel}  score {float(s):.3g}")
-            frac = "" if thr.get("threshold") is None else f"{float((m >= thr['threshold']).float().mean()):.4f}"
-            rows.append([str(f), f"{float(s):.6g}", frac, name])
-    _write_csv(out / "scores.csv", ["path", "score", "lesion_fraction", "heatmap"], rows)
-    print(f"{len(files)} image(s) scored -> {out / 'scores.csv'}, heat maps in {out}")
-    return 0
