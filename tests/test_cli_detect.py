@@ -146,24 +146,11 @@ def test_predict_folder_file_and_other_size(fitted_runs, name, capsys, synthetic
 
 
 def test_predict_reads_dicom(fitted_runs, capsys, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from conftest import dicom_bytes
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 48
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (torch.arange(48 * 48, dtype=torch.int16) % 4000).numpy().astype("<u2").tobytes()
     folder = tmp_path / "scans"
     folder.mkdir()
-    ds.save_as(folder / "case1.dcm", enforce_file_format=True)
+    (folder / "case1.dcm").write_bytes(dicom_bytes(48))
     # A grey 16-bit DICOM against a run fitted on colour images: refused, naming the file and the way out.
     code, _, err = cli(capsys, "predict", "--run", fitted_runs["padim"], folder, "--out", tmp_path / "d")
     assert code == 1 and "case1.dcm" in err and "grey" in err and "colour" in err and "--convert-channels" in err
