@@ -86,3 +86,14 @@ def test_separated_centres_or_no_burnin_freeze_at_once(tmp_path, burnin):
     else:
         assert sep["burnin"]["reached"] is None and sep["checks"][0]["phase"] == "main"
         assert "No burn-in ran (loss.burnin=false)" in sep["warning"]
+
+
+def test_the_warning_suggests_imagenet_only_to_runs_that_did_not_start_there():
+    import torch
+
+    from msacl.pretrain.centres import centre_separation
+
+    close = torch.tensor([[0.0, 0.0], [0.01, 0.0]])
+    assert "--init imagenet" in centre_separation(close, 1.0)["warning"]
+    warning = centre_separation(close, 1.0, from_imagenet=True)["warning"]
+    assert warning and "--init imagenet" not in warning and "barely separates" in warning

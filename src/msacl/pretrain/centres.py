@@ -128,7 +128,8 @@ def centres_and_spread(
 
 
 def centre_separation(
-    centres: torch.Tensor, spread: float, *, ratio: float = 0.25, burnin: str | None = None
+    centres: torch.Tensor, spread: float, *, ratio: float = 0.25, burnin: str | None = None,
+    from_imagenet: bool = False,
 ) -> dict[str, Any]:
     """How far apart the class centres lie, against the samples' spread, with a warning when they barely differ.
 
@@ -142,6 +143,7 @@ def centre_separation(
         spread: RMS distance of the samples from their own centre.
         ratio: the closest pair must lie at least ``ratio`` x ``spread`` apart.
         burnin: a sentence on the burn-in that preceded these centres, put in the warning.
+        from_imagenet: the run started from ImageNet weights (the warning then does not suggest them).
 
     Returns:
         ``min_distance`` and ``max_distance`` between centres, ``spread_rms``, ``separated`` (bool) and
@@ -156,8 +158,9 @@ def centre_separation(
         warning = (f"the encoder barely separates the {centres.shape[0]} strong-augmentation classes: their "
                    f"centres (Eq. 2) lie {lo:.3g}-{hi:.3g} apart, while samples lie {spread:.3g} (RMS) from their "
                    f"own centre (below {ratio:g} x). The frozen centres make the multi-centring loss (Eq. 3) pull "
-                   f"the classes together. {burnin + ' ' if burnin else ''}The papers start from ImageNet weights "
-                   f"(--init imagenet).")
+                   f"the classes together. {burnin + ' ' if burnin else ''}"
+                   + ("" if from_imagenet else "The papers start from ImageNet weights (--init imagenet)."))
+        warning = warning.rstrip()
     return {"min_distance": lo, "max_distance": hi, "spread_rms": spread, "separated": separated,
             "warning": warning}
 
@@ -235,7 +238,8 @@ def check_centres(
         else:
             story = (f"The burn-in stopped at its cap of {epoch} epoch(s) without reaching the criterion "
                      f"(raise loss.burnin_max_epochs, by default min(10, epochs // 4), to allow more).")
-        summary = centre_separation(centres, spread, ratio=ratio, burnin=story)
+        summary = centre_separation(centres, spread, ratio=ratio, burnin=story,
+                                    from_imagenet=cfg.model.init == "imagenet")
         state.phase, state.centres = MAIN, centres
     rank0 = fabric is None or fabric.is_global_zero
     if rank0 and out is not None:
