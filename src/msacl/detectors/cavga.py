@@ -38,6 +38,7 @@ from torch import nn
 
 from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
+from msacl.detectors.common import evaluating
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.ocgan import bce
 from msacl.detectors.training import (
@@ -207,9 +208,7 @@ class CAVGA(CheckpointedFit, Detector):
         """Shape: (N, C, H, W) -> scores (N,), maps 1 - A (N, 1, H, W). Runs autograd for the Grad-CAM."""
         c = self.config
         check_images(x, image_size=self.hw, channels=c["channels"], who=f"{self.name}.predict")
-        was = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             with torch.enable_grad():
                 xd = x.to(self.device())
                 f, mu, _ = self.model.encode(xd)
@@ -217,6 +216,4 @@ class CAVGA(CheckpointedFit, Detector):
             with torch.no_grad():
                 score = cavga_score(xd, self.model.decoder(mu))
                 maps = F.interpolate(1 - attention, size=self.hw, mode="bilinear", align_corners=False)
-        finally:
-            self.train(was)
         return score.detach().to(x.device), maps.to(x.device)

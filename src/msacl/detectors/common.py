@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -80,17 +81,23 @@ def to_image_map(patch_map: torch.Tensor, size: tuple[int, int], sigma: float = 
 
 def feature_grid(encoder: Encoder, image_size: int, stride: int) -> int:
     """Side of the encoder's feature map at ``stride`` for a square ``image_size`` input, by running it once."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        was = encoder.training
-        encoder.eval()
-        try:
-            probe = torch.zeros(1, 3, image_size, image_size, device=encoder.mean.device)
-            f = encoder.features(probe, (stride,))[stride]
-        finally:
-            encoder.train(was)
+    with torch.no_grad(), evaluating(encoder):
+        probe = torch.zeros(1, 3, image_size, image_size, device=encoder.mean.device)
+        f = encoder.features(probe, (stride,))[stride]
     if f.shape[-2] != f.shape[-1]:
         raise MsaclError(f"{encoder.name}: a square input gave a {tuple(f.shape[-2:])} feature map")
     return int(f.shape[-1])
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode for the block, then back in the mode it was in (even after an error)."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 def check_images(x: torch.Tensor, who: str) -> None:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import gaussian_blur
+from msacl.detectors.common import evaluating, gaussian_blur
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.training import (
     check_images,
@@ -237,13 +237,9 @@ class OCGAN(CheckpointedFit, Detector):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         check_images(x, image_size=self.hw, channels=c["channels"], who=f"{self.name}.predict")
-        was = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             xd = x.to(self.device())
             x_rec = self.model.ae.decode(self.model.ae.encode(xd))
             score = ocgan_score(xd, x_rec)
             maps = gaussian_blur(((xd - x_rec) ** 2).mean(1, keepdim=True), c["blur_sigma"])
-        finally:
-            self.train(was)
         return score.to(x.device), maps.to(x.device)

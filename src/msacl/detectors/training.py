@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from msacl.config import ConfigError
 from msacl.detectors.base import Detector
+from msacl.detectors.common import evaluating
 from msacl.errors import DataError
 from msacl.models.decoders import image_hw
 from msacl.runs import child_seed, make_generator
@@ -288,12 +289,8 @@ class TwoScaleDetector(Detector):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_images(x, image_size=self.hw, channels=self.channels_, who=f"{self.name}.predict")
-        was = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             scores, maps = self.predict_images(x.to(self.device()))
-        finally:
-            self.train(was)
         return scores.to(x.device), maps.to(x.device)
 
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
