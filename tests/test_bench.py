@@ -5,7 +5,7 @@ import json
 import torch
 
 from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_precision, tables
-from msacl.bench.runner import plan, read_results, run_grid
+from msacl.bench.runner import Job, format_duration, plan, progress_line, read_results, run_grid
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
 
@@ -52,6 +52,9 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     assert recs[0]["pretrain_precision"] is None and recs[1]["pretrain_precision"] == "32-true"
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
+    starts = [x for x in logs if x.startswith("[bench] job ")]
+    assert starts[0] == "[bench] job 1/2 synthetic random padim seed 0"
+    assert starts[1].startswith("[bench] job 2/2 synthetic msacl padim seed 0 (ETA ")
     # A second run finds every job done and runs nothing.
     again = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
                      device="cpu", progress=False, log=logs.append)
@@ -60,6 +63,21 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     files = write_tables(aggregate(tabs, again, ["synthetic"]), profile, out)
     assert "MSACL - PaDiM" in files["markdown"].read_text()
     assert json.loads(files["json"].read_text())["tables"][0]["key"] == "t"
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 44.6, 59.4, 60, 719, 3600, 4320, 3 * 3600 + 5 * 60, 86400 * 2 + 3 * 3600)] \
+        == ["0s", "45s", "59s", "1m", "12m", "1h00m", "1h12m", "3h05m", "2d3h"]
+
+
+def test_progress_line_eta_is_mean_of_finished_jobs_times_jobs_left():
+    job = Job("kvasir_seg_patch128", "msacl", "padim", 1)
+    # No job finished in this invocation: no ETA to give.
+    assert progress_line(job, 5, 40, []) == "[bench] job 5/40 kvasir_seg_patch128 msacl padim seed 1"
+    # 36 jobs left (this one included), mean 120 s -> 4320 s.
+    assert progress_line(job, 5, 40, [60.0, 180.0]) == \
+        "[bench] job 5/40 kvasir_seg_patch128 msacl padim seed 1 (ETA 1h12m)"
+    assert progress_line(job, 40, 40, [30.0]).endswith("(ETA 30s)")
 
 
 def test_truncated_result_line_is_run_again(tmp_path):

@@ -46,6 +46,34 @@ def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "
                                        j.detector))
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it in a log line: ``45s``, ``12m``, ``1h12m``, ``2d3h``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m = round(s / 60)
+    if m < 60:
+        return f"{m}m"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h}h"
+
+
+def progress_line(job: Job, number: int, total: int, finished_seconds: list[float]) -> str:
+    """The log line of a job that starts: its place ``number`` of ``total`` and an ETA for the rest of the grid.
+
+    The ETA is the mean time of the jobs ``finished_seconds`` in this invocation times the jobs left, this one
+    included; without a finished job there is no ETA yet.
+    """
+    line = f"[bench] job {number}/{total} {job.dataset} {job.variant} {job.detector} seed {job.seed}"
+    if finished_seconds:
+        mean = sum(finished_seconds) / len(finished_seconds)
+        line += f" (ETA {format_duration(mean * (total - number + 1))})"
+    return line
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -134,6 +162,7 @@ def run_grid(
     precision = resolve_precision(profile.precision, dev.type)
     log(f"[bench] pre-training on {dev.type} in {precision}")
     log(f"[bench] {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run -> {out}")
+    job_seconds: list[float] = []  # of the jobs finished in this invocation, for the ETA
     for dataset in datasets:
         ds_jobs = [j for j in todo if j.dataset == dataset]
         if not ds_jobs:
@@ -149,6 +178,7 @@ def run_grid(
         log(f"[bench] {dataset}: {len(train)} train / {len(test)} test images at {size} px "
             f"({time.perf_counter() - t0:.1f} s to load)")
         for job in ds_jobs:
+            log(progress_line(job, len(jobs) - len(todo) + len(job_seconds) + 1, len(jobs), job_seconds))
             t_job = time.perf_counter()
             enc_path, pre_s, pre_precision = None, 0.0, None
             if job.variant in NO_PRETRAIN:
@@ -185,6 +215,7 @@ def run_grid(
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},
             }
             _append(results_path, rec)
+            job_seconds.append(time.perf_counter() - t_job)
             done[job.key] = rec
             auroc = metrics.get("image_auroc")
             log(f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
