@@ -19,6 +19,7 @@ from msacl.detectors.ocgan import (
     mine_negatives,
     ocgan_score,
 )
+from msacl.errors import DataError
 from msacl.runs import make_generator
 
 
@@ -106,7 +107,7 @@ def test_bad_settings_are_one_line_errors():
             OCGAN(**kw)
         assert "\n" not in str(e.value)
     det = OCGAN(**SMALL)
-    with pytest.raises(Exception, match="expected images of shape"):
+    with pytest.raises(DataError, match=r"ocgan.predict: expected images of shape \(B, 3, 32, 32\)"):
         det.predict(torch.rand(1, 3, 64, 64))
 
 

@@ -138,8 +138,11 @@ def test_errors_are_clear():
         Padim(strides=["layer9"])
     with pytest.raises(MsaclError, match="feature tap 2: choose strides"):
         Padim(strides=[2, 4])
-    with pytest.raises(MsaclError, match=r"\(B, 1\|3, H, W\)"):
+    with pytest.raises(DataError, match=r"padim.fit: expected images of shape \(B, 1\|3, H, W\), got \(2, 32, 32\)"):
         det.fit([torch.rand(2, 32, 32)])
+    # the same check as the trained detectors': values outside [0, 1] (e.g. ImageNet-normalised) are refused
+    with pytest.raises(DataError, match=r"padim.fit: pixel values must be finite and in \[0, 1\]"):
+        det.fit([torch.rand(2, 3, 32, 32) * 2 - 1])
 
 
 def test_fit_streams_from_a_generator_without_length():

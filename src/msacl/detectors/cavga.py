@@ -38,11 +38,10 @@ from torch import nn
 
 from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import evaluating
+from msacl.detectors.common import check_images, evaluating
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.ocgan import bce
 from msacl.detectors.training import (
-    check_images,
     check_positive,
     collect_images,
     config_of,
@@ -207,7 +206,7 @@ class CAVGA(CheckpointedFit, Detector):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (N, C, H, W) -> scores (N,), maps 1 - A (N, 1, H, W). Runs autograd for the Grad-CAM."""
         c = self.config
-        check_images(x, image_size=self.hw, channels=c["channels"], who=f"{self.name}.predict")
+        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c["channels"])
         with evaluating(self):
             with torch.enable_grad():
                 xd = x.to(self.device())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from msacl.errors import MsaclError
+from msacl.errors import DataError, MsaclError
 from msacl.models.encoders import Encoder
 
 
@@ -100,9 +100,22 @@ def evaluating(module: nn.Module):
         module.train(was)
 
 
-def check_images(x: torch.Tensor, who: str) -> None:
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise MsaclError(f"{who}: expected images of shape (B, 1|3, H, W), got {tuple(x.shape)}")
+def check_images(x: torch.Tensor, who: str, *, image_size: tuple[int, int] | None = None,
+                 channels: int | None = None) -> None:
+    """Raise ``DataError`` unless ``x`` is a (B, C, H, W) batch of images with finite values in [0, 1].
+
+    C must be ``channels`` when given, else 1 or 3; (H, W) must be ``image_size`` when given (detectors that
+    resize their input accept any size). ``who`` starts the message ("padim.predict", "igd: training batch 3").
+    """
+    want = (channels,) if channels else (1, 3)
+    if x.ndim != 4 or x.shape[1] not in want or (image_size is not None and tuple(x.shape[-2:]) != tuple(image_size)):
+        c = channels or "1|3"
+        hw = "H, W" if image_size is None else f"{image_size[0]}, {image_size[1]}"
+        note = "" if image_size is None else " (the detector's image_size)"
+        raise DataError(f"{who}: expected images of shape (B, {c}, {hw}){note}, got {tuple(x.shape)}")
+    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise DataError(f"{who}: pixel values must be finite and in [0, 1] "
+                        f"(got min {x.min().item():.3g}, max {x.max().item():.3g})")
 
 
 def _fold_children(module: nn.Module) -> None:

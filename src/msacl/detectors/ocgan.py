@@ -40,10 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import evaluating, gaussian_blur
+from msacl.detectors.common import check_images, evaluating, gaussian_blur
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.training import (
-    check_images,
     check_positive,
     collect_images,
     config_of,
@@ -236,7 +235,7 @@ class OCGAN(CheckpointedFit, Detector):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        check_images(x, image_size=self.hw, channels=c["channels"], who=f"{self.name}.predict")
+        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c["channels"])
         with evaluating(self):
             xd = x.to(self.device())
             x_rec = self.model.ae.decode(self.model.ae.encode(xd))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from msacl.config import ConfigError
 from msacl.detectors.base import Detector
-from msacl.detectors.common import evaluating
+from msacl.detectors.common import check_images, evaluating
 from msacl.errors import DataError
 from msacl.models.decoders import image_hw
 from msacl.runs import child_seed, make_generator
@@ -40,21 +40,11 @@ def collect_images(batches: Iterable[torch.Tensor], *, image_size: tuple[int, in
         if not isinstance(b, torch.Tensor) or b.ndim != 4 or not b.is_floating_point():
             got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
             raise DataError(f"{who}: training batch {i} must be a float (B, C, H, W) tensor, got {got}")
-        check_images(b, image_size=image_size, channels=channels, who=f"{who}: training batch {i}")
+        check_images(b, f"{who}: training batch {i}", image_size=image_size, channels=channels)
         parts.append(b)
     if not parts or sum(p.shape[0] for p in parts) < 2:
         raise DataError(f"{who}: needs at least 2 training images, got {sum(p.shape[0] for p in parts)}")
     return torch.cat(parts)
-
-
-def check_images(x: torch.Tensor, *, image_size: tuple[int, int], channels: int, who: str) -> None:
-    """Raise ``DataError`` unless ``x`` is (B, channels, *image_size) with finite values in [0, 1]."""
-    if x.ndim != 4 or tuple(x.shape[-2:]) != tuple(image_size) or x.shape[1] != channels:
-        raise DataError(f"{who}: expected images of shape (B, {channels}, {image_size[0]}, {image_size[1]}) "
-                        f"(the detector's image_size), got {tuple(x.shape)}")
-    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-        raise DataError(f"{who}: pixel values must be finite and in [0, 1] "
-                        f"(got min {x.min().item():.3g}, max {x.max().item():.3g})")
 
 
 def run_epochs(data: torch.Tensor, step: StepFn, *, epochs: int, batch_size: int, generator: torch.Generator,
@@ -288,7 +278,7 @@ class TwoScaleDetector(Detector):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_images(x, image_size=self.hw, channels=self.channels_, who=f"{self.name}.predict")
+        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=self.channels_)
         with evaluating(self):
             scores, maps = self.predict_images(x.to(self.device()))
         return scores.to(x.device), maps.to(x.device)
