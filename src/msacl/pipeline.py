@@ -1,5 +1,9 @@
 """Fit a detector and score a split: the steps ``msacl fit`` / ``msacl test`` and ``msacl bench`` share.
 
+The steps, in order: :func:`image_size_of` (the one place that decides the image size of a run: the side of
+the loaded training images), :func:`prepare_detector` (build it for those images, seeded, with its encoder
+weights), :func:`fit_detector` (fit and choose the threshold), :func:`test_detector` (metrics of a test split).
+
 The threshold rule for IoU / Dice (see ``msacl.metrics``): best Dice on a validation split with lesion masks
 when the data has one; otherwise a fraction ``holdout`` of train/normal is held out from fitting and the
 threshold is the 0.99 quantile of the pixel scores of those held-out normal images.
@@ -10,15 +14,18 @@ The normal images of that validation split or hold-out are also the calibration 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from msacl.data.types import ImageSet
-from msacl.detectors import Detector, batches, build_detector
+from msacl.detectors import REGISTRY, Detector, batches, build_detector
 from msacl.errors import DataError, MsaclError
 
 
@@ -83,6 +90,51 @@ def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
             return build_detector(name, **kwargs)
         except (TypeError, ValueError) as e:
             raise MsaclError(f"{name}: {e}") from None
+
+
+def image_size_of(images: torch.Tensor, where: str = "the training images") -> int:
+    """The image size a detector is built, fitted and tested at, and that a run records: the side of the
+    loaded training images ``images`` (N, C, S, S). Raises ``DataError`` for images that are not square."""
+    h, w = images.shape[-2:]
+    if h != w:
+        raise DataError(f"{where} are {h}x{w}; pass --image-size N to resize them to N x N")
+    return int(h)
+
+
+def prepare_detector(
+    name: str,
+    settings: Mapping[str, Any],
+    train: ImageSet,
+    *,
+    seed: int,
+    encoders: Mapping[str, str | Path | None] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> tuple[Detector, dict[str, str]]:
+    """Build detector ``name`` for the images of ``train`` and load its encoder weights.
+
+    ``settings`` are the detector's settings; ``image_size`` (from :func:`image_size_of`) and ``channels``
+    are set from ``train`` for a detector that has them. The random initialisation depends on ``seed`` only
+    (:func:`build_seeded`). ``encoders`` maps an encoder part (``"global"``, ``"local"``) to its weights
+    (see :meth:`Detector.load_encoder`; None or empty leaves that part as built); an error names the part by
+    ``flags[part]`` when given (e.g. ``--encoder``). Returns the detector and a description of the weights
+    loaded into each part.
+    """
+    kwargs = dict(settings)
+    params = inspect.signature(REGISTRY[name].__init__).parameters if name in REGISTRY else {}
+    if "image_size" in params:
+        kwargs["image_size"] = image_size_of(train.images)
+    if "channels" in params:
+        kwargs["channels"] = int(train.images.shape[1])
+    det = build_seeded(name, kwargs, seed)
+    loaded = {}
+    for part, source in (encoders or {}).items():
+        if not source:
+            continue
+        try:
+            loaded[part] = det.load_encoder(source, part)
+        except MsaclError as e:
+            raise type(e)(f"{(flags or {}).get(part, f'{part} encoder')}: {e}") from None
+    return det, loaded
 
 
 def fit_detector(

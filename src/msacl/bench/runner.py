@@ -115,18 +115,14 @@ def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, ima
     return cfg
 
 
-def detector_kwargs(name: str, profile: Profile, image_size: int, channels: int,
-                    backbone: str = "resnet18") -> dict[str, Any]:
+def detector_kwargs(name: str, profile: Profile, backbone: str = "resnet18") -> dict[str, Any]:
+    """The detector settings of a job; image size and channels come from the images (``msacl.pipeline``)."""
     from msacl.detectors import REGISTRY
 
     params = inspect.signature(REGISTRY[name].__init__).parameters
     kw: dict[str, Any] = dict(profile.detector_kwargs.get(name, {}))
     if "backbone" in params:
         kw["backbone"] = backbone
-    if "image_size" in params:
-        kw["image_size"] = image_size
-    if "channels" in params:
-        kw["channels"] = channels
     if "local" in params:
         kw["local"] = profile.local
     return kw
@@ -149,7 +145,7 @@ def run_grid(
     import torch
 
     from msacl.data import load_split
-    from msacl.pipeline import build_seeded, fit_detector, resolve_device, test_detector
+    from msacl.pipeline import fit_detector, image_size_of, prepare_detector, resolve_device, test_detector
     from msacl.pretrain import pretrain
     from msacl.pretrain.engine import make_fabric
 
@@ -170,9 +166,9 @@ def run_grid(
         root = data_root / dataset
         if not root.is_dir():
             raise DataError(f"{root}: data set not found (pass --data-root)")
-        size = profile.image_size.get(dataset, 64)
         t0 = time.perf_counter()
-        train = load_split(root, "train", image_size=size, progress=progress)
+        train = load_split(root, "train", image_size=profile.image_size.get(dataset, 64), progress=progress)
+        size = image_size_of(train.images, f"{root}: the training images")
         test = load_split(root, "test", image_size=size, progress=progress)
         val = load_split(root, "val", image_size=size, progress=progress) if (root / "val").is_dir() else None
         log(f"[bench] {dataset}: {len(train)} train / {len(test)} test images at {size} px "
@@ -199,9 +195,8 @@ def run_grid(
                     timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
                 pre = json.loads(timing.read_text()) if timing.is_file() else {}
                 pre_s, pre_precision = pre.get("seconds", float("nan")), pre.get("precision", "32-true")
-            kw = detector_kwargs(job.detector, profile, size, train.images.shape[1], backbone)
-            det = build_seeded(job.detector, kw, job.seed)
-            det.load_encoder(enc_path)
+            det, _ = prepare_detector(job.detector, detector_kwargs(job.detector, profile, backbone), train,
+                                      seed=job.seed, encoders={"global": enc_path})
             fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
             metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold["threshold"],
                                           seed=job.seed, device=dev, progress=progress)

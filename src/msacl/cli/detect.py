@@ -170,7 +170,7 @@ def _fit(args: argparse.Namespace) -> int:
     from msacl.data import load_split
     from msacl.detectors import REGISTRY
     from msacl.inference import source_channels
-    from msacl.pipeline import build_seeded, fit_detector, resolve_device
+    from msacl.pipeline import fit_detector, image_size_of, prepare_detector, resolve_device
     from msacl.runs import RunDir, write_json
 
     if args.detector not in REGISTRY:
@@ -222,15 +222,9 @@ def _fit(args: argparse.Namespace) -> int:
     train = load_split(args.data, "train", image_size=image_size, **load)
     if len(train) == 0:
         raise DataError(f"{args.data}: no training images")
-    h, w = train.images.shape[-2:]
-    if h != w:
-        raise DataError(f"{args.data}: training images are {h}x{w}; pass --image-size N to resize them to N x N")
-    image_size = int(h)
-    config["data"]["image_size"] = image_size
+    image_size = config["data"]["image_size"] = image_size_of(train.images, f"{args.data}: training images")
     # What `predict` / `serve` compare new inputs with: the loaded tensors no longer say if sources were grey.
     config["data"]["source_channels"] = source_channels(train.paths)
-    if "image_size" in kwargs:
-        kwargs["image_size"] = image_size
 
     val = None
     if (Path(args.data) / "val").is_dir():
@@ -238,14 +232,11 @@ def _fit(args: argparse.Namespace) -> int:
         if val.masks is None or not bool(val.masks.any()):
             info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
             val = None
-    det = build_seeded(args.detector, kwargs, args.seed)
-    for part, source in (("global", args.encoder), ("local", args.encoder_local)):
-        if source:
-            try:
-                info(f"{part} encoder: {det.load_encoder(source, part)}")
-            except MsaclError as e:
-                flag = "--encoder-local" if part == "local" else "--encoder"
-                raise type(e)(f"{flag}: {e}") from None
+    det, loaded = prepare_detector(args.detector, kwargs, train, seed=args.seed,
+                                   encoders={"global": args.encoder, "local": args.encoder_local},
+                                   flags={"global": "--encoder", "local": "--encoder-local"})
+    for part, weights in loaded.items():
+        info(f"{part} encoder: {weights}")
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")
