@@ -21,7 +21,7 @@ demo: install
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q --timeout=600
+	$(BIN)/python -m pytest -q --timeout=600 --durations=20
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow" --timeout=1800

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from msacl.pretrain import PretrainConfig, build_method, compute_centres, step_losses
+from msacl.pretrain import PretrainConfig, build_method, centres_and_spread, step_losses
 from msacl.pretrain.centres import CentreState, check_centres
 
 WORLD = 2
@@ -50,8 +50,8 @@ def _run(fabric, state, batch, centres, images, reference=None):
     terms = step_losses(fabric, model, method, batch, centres)
     fabric.backward(terms["loss"])
     everyone = fabric.all_gather(terms["loss"].detach())
-    got_centres = compute_centres(fabric, net, method, images, batch_size=IMAGES // WORLD * fabric.world_size,
-                                  seed=0)
+    got_centres, _ = centres_and_spread(fabric, net, method, images,
+                                        batch_size=IMAGES // WORLD * fabric.world_size, seed=0)
     # The burn-in's check: the same (all-reduced, broadcast) decision and separation on every rank.
     cfg = _cfg()
     cfg.batch_size = IMAGES // WORLD * fabric.world_size

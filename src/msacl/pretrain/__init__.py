@@ -6,7 +6,7 @@
 """
 
 from msacl.pretrain import csi, droc  # noqa: F401  (register the csi and droc recipes)
-from msacl.pretrain.centres import centre_separation, centres_and_spread, compute_centres
+from msacl.pretrain.centres import centre_separation, centres_and_spread
 from msacl.pretrain.config import METHODS, PretrainConfig
 from msacl.pretrain.engine import NonFiniteLossError, load_checkpoint, make_fabric, pretrain, step_losses
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
@@ -21,7 +21,6 @@ __all__ = [
     "build_method",
     "centre_separation",
     "centres_and_spread",
-    "compute_centres",
     "load_checkpoint",
     "make_fabric",
     "pretrain",

@@ -47,15 +47,6 @@ def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def compute_centres(
-    fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,
-    batch_size: int, seed: int, progress: bool = False,
-) -> torch.Tensor:
-    """Class centres c_n of MSACL Eq. 2 over the training images, identical on every rank (see
-    :func:`centres_and_spread`). Shape: (K, Z)."""
-    return centres_and_spread(fabric, raw, method, images, batch_size=batch_size, seed=seed, progress=progress)[0]
-
-
 @torch.no_grad()
 def centres_and_spread(
     fabric, raw: PretrainNet, method: Method, images: torch.Tensor, *,

@@ -29,7 +29,6 @@ from msacl.pretrain.centres import (  # noqa: F401 - centre helpers, importable 
     centre_separation,
     centres_and_spread,
     check_centres,
-    compute_centres,
 )
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
