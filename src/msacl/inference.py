@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from msacl.errors import CheckpointError, DataError
+from msacl.records import ThresholdRecord
 
 COLOUR = {1: "grey", 3: "colour"}
 NO_CALIBRATION = ("{run} has no calibration.json (fitted with --holdout 0 and no val/, or by an older msacl): "
@@ -57,9 +58,10 @@ def read_json(path: Path, missing: dict[str, Any] | None) -> dict[str, Any] | No
         raise CheckpointError(f"{path}: unreadable ({e})") from None
 
 
-def read_threshold(run: Path) -> dict[str, Any]:
+def read_threshold(run: Path) -> ThresholdRecord:
     """``threshold.json`` (the IoU / Dice threshold and the heat maps' colour range)."""
-    return read_json(run / "threshold.json", {"threshold": None, "rule": "none (threshold.json missing)"}) or {}
+    missing = {"threshold": None, "rule": "none (threshold.json missing)"}
+    return ThresholdRecord.from_dict(read_json(run / "threshold.json", missing) or missing)
 
 
 def run_decision(run: Path, fpr: float) -> dict[str, Any] | None:
@@ -141,7 +143,7 @@ class FittedRun:
         self.device = torch.device(device)
         self.convert_channels = convert_channels
         thr = read_threshold(self.path)
-        self.display_range = thr.get("display_range")
+        self.display_range = thr.display_range
         self.decision = run_decision(self.path, fpr)
         self.fpr = fpr
 

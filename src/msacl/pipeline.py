@@ -27,6 +27,7 @@ import torch
 from msacl.data.types import ImageSet
 from msacl.detectors import REGISTRY, Detector, batches, build_detector
 from msacl.errors import DataError, MsaclError
+from msacl.records import Metrics, ThresholdRecord
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -71,7 +72,7 @@ def hold_out(train: ImageSet, fraction: float, generator: torch.Generator) -> tu
 @dataclass
 class FitResult:
     detector: Detector
-    threshold: dict[str, Any]
+    threshold: ThresholdRecord
     fit_seconds: float
     n_train: int
     held_out: ImageSet | None = None
@@ -162,7 +163,7 @@ def fit_detector(
     t0 = time.perf_counter()
     det.fit(batches(train.images, batch_size), generator=g, progress=progress)
     fit_s = time.perf_counter() - t0
-    threshold: dict[str, Any] = {"threshold": None, "rule": "none: no val/ masks and no held-out normals"}
+    threshold = ThresholdRecord(None, "none: no val/ masks and no held-out normals")
     ref = val if val is not None else held
     calibration = None
     if ref is not None:
@@ -171,7 +172,7 @@ def fit_detector(
         # Best Dice on val/ masks; without masks the 0.99 quantile of the held-out normals' pixel scores.
         t, rule = select_threshold(maps, val.masks if val is not None else None, quantile=0.99)
         # display_range: one colour scale for every heat map of `msacl predict` (the range of these maps).
-        threshold = {"threshold": t, "rule": rule, "display_range": [float(maps.min()), float(maps.max())]}
+        threshold = ThresholdRecord(t, rule, display_range=(float(maps.min()), float(maps.max())))
         calibration = calibration_record(ref, scores, maps, "val/normal" if val is not None else
                                          "held-out train/normal (holdout.txt)")
     return FitResult(det, threshold, fit_s, len(train), held, calibration)
@@ -190,8 +191,8 @@ def calibration_record(ref: ImageSet, scores: torch.Tensor, maps: torch.Tensor, 
 
 def test_detector(det: Detector, test: ImageSet, *, threshold: float | None = None, seed: int = 0,
                   batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = False,
-                  ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Metrics (``msacl.metrics.evaluate``), scores (N,) and maps (N, 1, H, W) of a test split."""
+                  ) -> tuple[Metrics, torch.Tensor, torch.Tensor]:
+    """Metrics (of ``msacl.metrics.evaluate``), scores (N,) and maps (N, 1, H, W) of a test split."""
     from msacl.metrics import evaluate
     from msacl.runs import make_generator
 
@@ -201,7 +202,8 @@ def test_detector(det: Detector, test: ImageSet, *, threshold: float | None = No
     scores, maps = predict_all(det.to(device), test.images, batch_size, device, progress=progress, desc="test")
     test_s = time.perf_counter() - t0
     has_masks = test.masks is not None and bool(test.masks.any())
-    metrics = evaluate(scores, test.labels, maps if has_masks else None, test.masks if has_masks else None,
-                       threshold=threshold, generator=make_generator(seed))
-    metrics["test_seconds"] = round(test_s, 3)
+    metrics = Metrics.from_dict(evaluate(scores, test.labels, maps if has_masks else None,
+                                         test.masks if has_masks else None, threshold=threshold,
+                                         generator=make_generator(seed)))
+    metrics.test_seconds = round(test_s, 3)
     return metrics, scores, maps

@@ -74,6 +74,10 @@ def progress_line(job: Job, number: int, total: int, finished_seconds: list[floa
     return line
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -198,24 +202,24 @@ def run_grid(
             det, _ = prepare_detector(job.detector, detector_kwargs(job.detector, profile, backbone), train,
                                       seed=job.seed, encoders={"global": enc_path})
             fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
-            metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold["threshold"],
+            metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold.threshold,
                                           seed=job.seed, device=dev, progress=progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
                 "seed": job.seed, "image_size": size, "profile": profile.name, "backbone": backbone,
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
                 "fit_seconds": round(fit.fit_seconds, 2),
-                "test_seconds": metrics.get("test_seconds"),
+                "test_seconds": metrics.test_seconds,
                 "job_seconds": round(time.perf_counter() - t_job, 2),
-                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},
+                "metrics": metrics.numbers(),
             }
             _append(results_path, rec)
             job_seconds.append(time.perf_counter() - t_job)
             done[job.key] = rec
-            auroc = metrics.get("image_auroc")
+            pixel_auroc = None if metrics.pixel is None else metrics.pixel.pixel_auroc
             log(f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
-                f"image AUROC {auroc:.3f}" + (f", pixel AUROC {metrics['pixel_auroc']:.3f}"
-                                               if metrics.get("pixel_auroc") is not None else ""))
+                f"image AUROC {_fmt(metrics.image_auroc)}"
+                + (f", pixel AUROC {pixel_auroc:.3f}" if pixel_auroc is not None else ""))
             del det, fit
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

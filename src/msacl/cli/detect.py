@@ -39,6 +39,7 @@ from msacl.cli.common import (
     report_skipped,
 )
 from msacl.errors import DataError, MsaclError
+from msacl.records import Metrics
 
 DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae", "panda", "ocgan", "cavga")
 
@@ -257,14 +258,14 @@ def _fit(args: argparse.Namespace) -> int:
         from msacl.calibrate import decide
 
         write_json(run.path / "calibration.json", fit.calibration)
-        decision = threshold["decision"] = decide(fit.calibration, args.fpr)
-    write_json(run.path / "threshold.json", threshold)
+        decision = threshold.decision = decide(fit.calibration, args.fpr)
+    write_json(run.path / "threshold.json", threshold.to_dict())
     det.cpu().save(run.path / "detector.pt")
     write_json(run.path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
                                        "n_holdout": 0 if held is None else len(held), "image_size": image_size})
     print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {run.path / 'detector.pt'}")
-    if threshold["threshold"] is not None:
-        print(f"threshold {threshold['threshold']:.4g} ({threshold['rule']})")
+    if threshold.threshold is not None:
+        print(f"threshold {threshold.threshold:.4g} ({threshold.rule})")
     if decision is not None:
         print(f"decision threshold {decision['image']['threshold']:.4g} at FPR {args.fpr:g} "
               f"(split conformal on {decision['image']['n']} held-out normal images)")
@@ -285,6 +286,7 @@ def _test(args: argparse.Namespace) -> int:
     from msacl.detectors import Detector
     from msacl.inference import NO_CALIBRATION, open_run, read_threshold, run_decision
     from msacl.pipeline import resolve_device, test_detector
+    from msacl.records import DecisionMetrics
     from msacl.runs import write_json
 
     run, cfg = open_run(args.run)
@@ -305,12 +307,12 @@ def _test(args: argparse.Namespace) -> int:
     if len(test) == 0:
         raise DataError(f"{data}: no test images")
     thr = read_threshold(run)
-    metrics, scores, maps = test_detector(det, test, threshold=thr.get("threshold"), seed=args.seed,
+    metrics, scores, maps = test_detector(det, test, threshold=thr.threshold, seed=args.seed,
                                           batch_size=args.batch_size, device=device, progress=not args.quiet)
-    if test.masks is not None and thr.get("threshold") is not None:
-        metrics["threshold_rule"] = thr.get("rule")
-    metrics["detector"] = cfg.get("detector")
-    metrics["test_data"] = str(data)
+    if metrics.pixel is not None and thr.threshold is not None:
+        metrics.pixel.threshold_rule = thr.rule
+    metrics.detector = cfg.get("detector")
+    metrics.test_data = str(data)
     decision = run_decision(run, args.fpr)
     if decision is None:
         info(f"note: {NO_CALIBRATION.format(run=run)}")
@@ -319,10 +321,10 @@ def _test(args: argparse.Namespace) -> int:
         for w in decision["warnings"]:
             info(f"warning: {w}")
         record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
-        metrics.update(record["metrics"])
+        metrics.decision = DecisionMetrics.from_dict(record["metrics"])
         write_json(run / "decision.json", record)
         calls = ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
-    write_json(run / "metrics.json", metrics)
+    write_json(run / "metrics.json", metrics.to_dict())
     _write_csv(run / "scores.csv", ["path", "label", "score", "decision"],
                [[p, int(l), f"{float(s):.6g}", c]
                 for p, l, s, c in zip(test.paths, test.labels, scores, calls, strict=True)])
@@ -333,7 +335,7 @@ def _test(args: argparse.Namespace) -> int:
         report = write_report(run, images=test.images, labels=test.labels, scores=scores,
                               maps=maps, masks=test.masks, paths=test.paths, metrics=metrics,
                               title=f"{cfg.get('detector')} on {Path(str(data)).name}",
-                              score_threshold=metrics.get("decision_threshold"))
+                              score_threshold=None if metrics.decision is None else metrics.decision.threshold)
     _print_summary(metrics)
     print(f"metrics: {run / 'metrics.json'}   scores: {run / 'scores.csv'}")
     if report is not None:
@@ -355,20 +357,17 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _print_summary(m: dict[str, Any]) -> None:
-    line = (f"{m.get('n_normal')} normal / {m.get('n_abnormal')} abnormal test images: "
-            f"image AUROC {_fmt(m.get('image_auroc'))}")
-    if m.get("image_auroc_ci_low") is not None:
-        line += f" [{_fmt(m['image_auroc_ci_low'])}, {_fmt(m['image_auroc_ci_high'])}]"
+def _print_summary(m: Metrics) -> None:
+    line = f"{m.n_normal} normal / {m.n_abnormal} abnormal test images: image AUROC {_fmt(m.image_auroc)}"
+    if m.image_auroc_ci_low is not None:
+        line += f" [{_fmt(m.image_auroc_ci_low)}, {_fmt(m.image_auroc_ci_high)}]"
     print(line)
-    if "pixel_auroc" in m:
-        print(f"pixel AUROC {_fmt(m.get('pixel_auroc'))}  AUPRO {_fmt(m.get('aupro'))}  "
-              f"IoU {_fmt(m.get('iou'))}  Dice {_fmt(m.get('dice'))}  "
-              f"(oracle IoU {_fmt(m.get('iou_oracle'))}  Dice {_fmt(m.get('dice_oracle'))})")
-    if m.get("decision_threshold") is not None:
-        print(f"decision at FPR {m['decision_fpr_target']:g}: threshold {m['decision_threshold']:.4g} "
-              f"(n={m['decision_n']} held-out normals): test FPR {_fmt(m.get('decision_test_fpr'))}  "
-              f"sensitivity {_fmt(m.get('decision_test_sensitivity'))}")
-    for note in m.get("notes") or []:
+    if (p := m.pixel) is not None:
+        print(f"pixel AUROC {_fmt(p.pixel_auroc)}  AUPRO {_fmt(p.aupro)}  IoU {_fmt(p.iou)}  Dice {_fmt(p.dice)}  "
+              f"(oracle IoU {_fmt(p.iou_oracle)}  Dice {_fmt(p.dice_oracle)})")
+    if (d := m.decision) is not None and d.threshold is not None:
+        print(f"decision at FPR {d.fpr_target:g}: threshold {d.threshold:.4g} "
+              f"(n={d.n} held-out normals): test FPR {_fmt(d.test_fpr)}  sensitivity {_fmt(d.test_sensitivity)}")
+    for note in m.notes:
         print(f"note: {note}")
 

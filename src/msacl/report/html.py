@@ -6,6 +6,7 @@ import base64
 import datetime as _dt
 import html
 import json
+from collections.abc import Mapping
 from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from msacl import __version__
 from msacl.config import to_dict
 from msacl.errors import MsaclError
 from msacl.metrics._checks import check_labels, check_scores
+from msacl.records import DecisionMetrics, Metrics, PixelMetrics
 from msacl.report.plots import plot_histograms, plot_overlays, plot_roc, plot_tsne
 from msacl.runs import atomic_write_text
 
@@ -156,7 +158,7 @@ def write_report(
     maps: Any = None,
     masks: Any = None,
     paths: list[str],
-    metrics: dict[str, Any],
+    metrics: Metrics | Mapping[str, Any],
     title: str,
     config: Any = None,
     features: Any = None,
@@ -178,13 +180,14 @@ def write_report(
         maps: anomaly maps or None. Shape: (N, 1, h, w).
         masks: binary ground truth or None. Shape: (N, 1, H, W).
         paths: source file of each image.
-        metrics: the dict of :func:`msacl.metrics.evaluate` (any flat dict works).
+        metrics: the test split's :class:`msacl.records.Metrics`, or a flat dict of its keys (that of
+            :func:`msacl.metrics.evaluate`; any flat dict works: the table shows its keys).
         title: page title (e.g. "PaDiM on kvasir_seg_patch128").
         config: the run's config (dict or dataclass); None reads ``run_dir/config.yaml``.
         features: image features for a t-SNE figure (``tsne.png``), or None. Shape: (N, D).
         n_overlays: images per block of the overlay figure.
         score_threshold: the calibrated image-score threshold, drawn on the histograms with the test
-            false-positive rate and sensitivity it gives (``metrics["decision_*"]``), or None.
+            false-positive rate and sensitivity it gives (``metrics.decision``), or None.
 
     Returns:
         Path of ``report.html``.
@@ -196,6 +199,10 @@ def write_report(
     if len(paths) != s.size:
         raise MsaclError(f"{len(paths)} paths for {s.size} scores")
     paths = [str(p) for p in paths]
+    record = metrics if isinstance(metrics, Metrics) else Metrics.from_dict(dict(metrics))
+    table = record.to_dict() if isinstance(metrics, Metrics) else dict(metrics)
+    decision = record.decision or DecisionMetrics()
+    pixel = record.pixel or PixelMetrics()
     parts: list[str] = []
     skipped: list[str] = []
 
@@ -207,26 +214,23 @@ def write_report(
         skipped.append("ROC curve: the test set has only one class")
     hist_label = None
     if score_threshold is not None:
-        target = metrics.get("decision_fpr_target")
-        target = "n/a" if target is None else f"{target:g}"
+        target = "n/a" if decision.fpr_target is None else f"{decision.fpr_target:g}"
         hist_label = (f"threshold {float(score_threshold):.4g} (FPR target {target})"
-                      f"\ntest FPR {_fmt(metrics.get('decision_test_fpr'))}, "
-                      f"sensitivity {_fmt(metrics.get('decision_test_sensitivity'))}")
+                      f"\ntest FPR {_fmt(decision.test_fpr)}, sensitivity {_fmt(decision.test_sensitivity)}")
     hist = plot_histograms(s, y, run_dir / "histograms.png", threshold=score_threshold, threshold_label=hist_label)
     hist_cap = "Image anomaly scores of normal (blue) and abnormal (red) images."
     if score_threshold is not None:
         hist_cap += (f" Dashed: the decision threshold {_fmt(score_threshold)} calibrated for a false-positive rate "
-                     f"of {_fmt(metrics.get('decision_fpr_target'))} on {_fmt(metrics.get('decision_n'))} held-out "
+                     f"of {_fmt(decision.fpr_target)} on {_fmt(decision.n)} held-out "
                      f"normal images; on this test set it gives a false-positive rate of "
-                     f"{_fmt(metrics.get('decision_test_fpr'))} and a sensitivity of "
-                     f"{_fmt(metrics.get('decision_test_sensitivity'))}.")
+                     f"{_fmt(decision.test_fpr)} and a sensitivity of {_fmt(decision.test_sensitivity)}.")
     hist_html = _figure(hist, "Score histograms", hist_cap)
     parts.append(f"<h2>Detection</h2>\n<div class='row'>{roc_html}{hist_html}</div>")
 
     if maps is not None:
-        thr, thr_label, thr_words = metrics.get("threshold"), "Pred", "the validation-chosen threshold"
-        if thr is None and metrics.get("oracle_threshold") is not None:
-            thr, thr_label, thr_words = metrics["oracle_threshold"], "Pred (oracle t)", "the oracle threshold"
+        thr, thr_label, thr_words = pixel.threshold, "Pred", "the validation-chosen threshold"
+        if thr is None and pixel.oracle_threshold is not None:
+            thr, thr_label, thr_words = pixel.oracle_threshold, "Pred (oracle t)", "the oracle threshold"
         ov = plot_overlays(images, maps, masks, s, paths, run_dir / "overlays.png", n=n_overlays,
                            threshold=thr, threshold_label=thr_label, labels=y)
         cap = ("Left: most anomalous images; right: least anomalous. Columns: image, heat map over the image"
@@ -254,7 +258,7 @@ def write_report(
     if run_info:
         parts.append("<h2>Run</h2>\n" + "\n".join(run_info))
 
-    notes = list(metrics.get("notes") or []) + skipped
+    notes = list(record.notes) + skipped
     notes_html = ("<ul class='notes'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>") if notes else ""
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
@@ -269,7 +273,7 @@ def write_report(
 <h1>{_esc(title)}</h1>
 <div class="sub">{_esc(f"run directory {run_dir.name} - msacl {__version__} - written {now}")}</div>
 <h2>Metrics</h2>
-{_metrics_table(metrics)}
+{_metrics_table(table)}
 {notes_html}
 {chr(10).join(parts)}
 </body>
