@@ -88,33 +88,17 @@ def markdown(agg: list[dict[str, Any]], profile: Profile, header: str = "") -> s
 
 def plot_figures(agg: list[dict[str, Any]], out: Path) -> list[Path]:
     """Bar charts of Fig. 6 left/right and Table 3 (mean with std error bars), like the papers' figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from msacl.report.bars import plot_bars
 
     paths = []
     for t in agg:
         if t["key"] not in ("fig6_left", "fig6_right", "table3") or not t["datasets"]:
             continue
-        fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(t["rows"]), 3.6))
-        width = 0.8 / len(t["datasets"])
-        for i, d in enumerate(t["datasets"]):
-            means = [row["cells"][d]["image_auroc"]["mean"] or 0.0 for row in t["rows"]]
-            stds = [row["cells"][d]["image_auroc"]["std"] or 0.0 for row in t["rows"]]
-            xs = [k + (i - (len(t["datasets"]) - 1) / 2) * width for k in range(len(t["rows"]))]
-            ax.bar(xs, means, width, yerr=stds, capsize=3, label=PAPER_NAME.get(d, d))
-        ax.set_xticks(range(len(t["rows"])), [r["label"] for r in t["rows"]], rotation=20, ha="right")
-        ax.set_ylabel("image AUROC")
-        ax.set_ylim(0.4, 1.0)
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_title(t["title"], fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out / f"{t['key']}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        series = {PAPER_NAME.get(d, d): ([row["cells"][d]["image_auroc"]["mean"] for row in t["rows"]],
+                                         [row["cells"][d]["image_auroc"]["std"] for row in t["rows"]])
+                  for d in t["datasets"]}
+        paths.append(plot_bars(out / f"{t['key']}.png", categories=[r["label"] for r in t["rows"]], series=series,
+                               title=t["title"]))
     return paths
 
 
