@@ -133,7 +133,7 @@ def test_predict_folder_file_and_other_size(fitted_runs, name, capsys, synthetic
     # A single image of another size and aspect ratio: scored at the fitted size, drawn at its own.
     from PIL import Image
 
-    from msacl.report.heatmap import _BAR_W
+    from msacl.report.heatmap import BAR_WIDTH
 
     one = tmp_path / "wide.png"
     Image.open(next(src.iterdir())).convert("RGB").resize((360, 200)).save(one)
@@ -142,7 +142,7 @@ def test_predict_folder_file_and_other_size(fitted_runs, name, capsys, synthetic
     assert (row["width"], row["height"]) == ("360", "200") and row["heatmap"] == "wide_heatmap.png"
     with Image.open(tmp_path / "q" / "wide_heatmap.png") as im:
         w, h = im.size
-    assert w == 360 + _BAR_W and 200 < h <= 200 + 40  # image area 360 x 200, one title line above it
+    assert w == 360 + BAR_WIDTH and 200 < h <= 200 + 40  # image area 360 x 200, one title line above it
 
 
 def test_predict_reads_dicom(fitted_runs, capsys, tmp_path):

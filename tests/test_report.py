@@ -15,7 +15,7 @@ from PIL import Image
 from msacl.errors import MsaclError
 from msacl.metrics import evaluate, image_auroc
 from msacl.report import heatmap_png, plot_histograms, plot_overlays, plot_roc, plot_tsne, write_report
-from msacl.report.plots import _roc_figure
+from msacl.report.plots import overlay_ranking, overlays_figure, roc_figure
 from msacl.runs import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,16 +92,30 @@ def test_plots_write_valid_pngs(tmp_path):
 
 def test_roc_legend_shows_auroc():
     _, labels, scores, *_ = _record()
-    fig = _roc_figure(scores, labels, "t")
+    fig = roc_figure(scores, labels, "t")
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts[0] == f"AUROC = {image_auroc(scores, labels):.3f}"
 
 
 def test_overlays_rank_most_and_least_anomalous(tmp_path):
-    images, labels, scores, maps, masks, paths = _record(n_normal=2, n_abnormal=3)
-    # five images, n=8: all five go to the "most anomalous" block and the "least" block is left out
-    path = plot_overlays(images, maps, masks, scores, paths, tmp_path / "ov.png", n=8)
-    _png_size(path)
+    scores = np.array([0.3, 0.9, 0.1, 0.5, 0.9, 0.2, 0.7])
+    blocks = overlay_ranking(scores, 3)
+    assert [name for name, _ in blocks] == ["Most anomalous", "Least anomalous"]
+    assert blocks[0][1].tolist() == [1, 4, 6]  # highest first; the two 0.9 keep their input order
+    assert blocks[1][1].tolist() == [2, 5, 0]  # lowest first
+    # fewer than 2n images: each is shown once, the "least" block gets those left over
+    assert [idx.tolist() for _, idx in overlay_ranking(scores, 5)] == [[1, 4, 6, 3, 0], [2, 5]]
+    # n >= N: every image in the "most" block and no "least" block
+    assert [(name, idx.tolist()) for name, idx in overlay_ranking(scores, 8)] == [
+        ("Most anomalous", [1, 4, 6, 3, 0, 5, 2])]
+
+    # the figure draws those images in that order: each row's image panel names its file and score
+    images, _, _, maps, masks, _ = _record(n_normal=3, n_abnormal=4)
+    paths = [f"data/test/img_{i}.png" for i in range(7)]
+    fig = overlays_figure(images, maps, masks, scores, paths, n=3)
+    drawn = [(sub.get_suptitle(), [ax.get_ylabel() for ax in sub.axes if ax.get_ylabel()]) for sub in fig.subfigs]
+    assert drawn == [(name, [f"img_{i}.png\ns={scores[i]:.4g}" for i in idx]) for name, idx in blocks]
+    _png_size(plot_overlays(images, maps, masks, scores, paths, tmp_path / "ov.png", n=8))
     with pytest.raises(MsaclError, match="one image, map, score and path per row"):
         plot_overlays(images[:4], maps, masks, scores, paths, tmp_path / "bad.png")
 
@@ -197,7 +211,7 @@ def test_report_draws_the_decision_threshold(tmp_path):
 def test_overlay_png_keeps_the_input_size_and_marks_the_threshold():
     import io
 
-    from msacl.report.heatmap import _BAR_W, display_scale, overlay_png
+    from msacl.report.heatmap import BAR_WIDTH, display_scale, overlay_png
 
     gen = torch.Generator().manual_seed(0)
     for h, w in ((300, 500), (30, 50), (4200, 200)):
@@ -206,7 +220,7 @@ def test_overlay_png_keeps_the_input_size_and_marks_the_threshold():
         png = overlay_png(img, amap, threshold=0.9, flagged=amap > 0.9, title=f"{NASTY} " * 6)
         s = display_scale(h, w)
         with Image.open(io.BytesIO(png)) as im:
-            assert im.size[0] == round(w * s) + _BAR_W
+            assert im.size[0] == round(w * s) + BAR_WIDTH
             assert round(h * s) < im.size[1] <= round(h * s) + 300  # image area plus the wrapped title
     assert display_scale(30, 50) == 7 and display_scale(300, 500) == 1 and display_scale(5000, 1000) == 0.5
     img = np.full((200, 200), 0.5, np.float32)

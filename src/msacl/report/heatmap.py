@@ -31,7 +31,7 @@ MIN_SIDE = 192
 MAX_SIDE = 4096
 HEAT_CMAP = "jet"
 _DPI = 100
-_BAR_W = 124  # pixels right of the image: threshold label, colour bar, its ticks and label
+BAR_WIDTH = 124  # pixels right of the image: threshold label, colour bar, its ticks and label
 _LINE_H = 15  # pixels per title line
 _FONT_PX = 12
 
@@ -57,10 +57,10 @@ def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 @functools.lru_cache(maxsize=64)
 def _colour_bar(height: int, lo: float, hi: float, threshold: float | None) -> np.ndarray:
-    """The colour-bar panel, RGB uint8. Shape: (height, _BAR_W, 3)."""
-    fig = Figure(figsize=(_BAR_W / _DPI, height / _DPI), dpi=_DPI)
+    """The colour-bar panel, RGB uint8. Shape: (height, BAR_WIDTH, 3)."""
+    fig = Figure(figsize=(BAR_WIDTH / _DPI, height / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
-    cax = fig.add_axes((50 / _BAR_W, 0.05, 14 / _BAR_W, 0.9))
+    cax = fig.add_axes((50 / BAR_WIDTH, 0.05, 14 / BAR_WIDTH, 0.9))
     cbar = fig.colorbar(ScalarMappable(norm=Normalize(lo, hi), cmap=HEAT_CMAP), cax=cax)
     cbar.ax.tick_params(labelsize=7)
     cbar.set_label("anomaly map value", fontsize=7)
@@ -144,7 +144,7 @@ def overlay_png(
     if flagged is not None and flagged.any():
         mask = np.asarray(Image.fromarray(flagged.astype(np.uint8)).resize((dw, dh), Image.Resampling.NEAREST)) > 0
         pixels[_outline(mask)] = 255
-    width = dw + _BAR_W
+    width = dw + BAR_WIDTH
     lines = _wrap(title, width - 8) if title else []
     title_h = _LINE_H * len(lines) + (8 if lines else 0)
     canvas = np.full((dh + title_h, width, 3), 255, np.uint8)

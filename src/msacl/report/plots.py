@@ -54,10 +54,11 @@ def plot_roc(scores: Any, labels: Any, path: str | Path, *, title: str = "ROC cu
         path: PNG to write.
         title: figure title.
     """
-    return _save(_roc_figure(scores, labels, title), path)
+    return _save(roc_figure(scores, labels, title), path)
 
 
-def _roc_figure(scores: Any, labels: Any, title: str) -> Figure:
+def roc_figure(scores: Any, labels: Any, title: str = "ROC curve (image level)") -> Figure:
+    """The figure :func:`plot_roc` writes."""
     fpr, tpr, _ = roc_curve(scores, labels)
     auc = image_auroc(scores, labels)
     y = check_labels(labels)
@@ -178,7 +179,7 @@ def plot_overlays(
     Columns per block, as MSACL Figs. 4-5: image | heat map over the image with the ground-truth contour |
     binarised prediction (when ``threshold`` is given) | ground truth (when ``masks`` is given). All heat maps
     share one colour scale (1st to 99.5th percentile of the shown maps), so the least anomalous images look
-    cold when the detector is right.
+    cold when the detector is right. Which images go where: :func:`overlay_ranking`.
 
     Args:
         images: float in [0, 1]. Shape: (N, C, H, W).
@@ -192,6 +193,29 @@ def plot_overlays(
         threshold_label: column title of the prediction (e.g. "Pred (oracle t)").
         labels: 0/1 per image or None; shown in the row titles. Shape: (N,).
     """
+    fig = overlays_figure(images, maps, masks, scores, paths, n, threshold=threshold,
+                          threshold_label=threshold_label, labels=labels)
+    return _save(fig, path, dpi=90)
+
+
+def overlay_ranking(scores: Any, n: int) -> list[tuple[str, np.ndarray]]:
+    """The blocks of :func:`plot_overlays` as (title, image indices): "Most anomalous", the ``n`` highest
+    scores from the highest down, then "Least anomalous", the ``n`` lowest of the other images from the
+    lowest up. An image is shown once: with fewer than 2n images the second block is shorter, and a block
+    with no image is left out. Equal scores keep their input order in the first block."""
+    s = check_scores(scores)
+    order = np.argsort(-s, kind="stable")
+    n_most = min(n, s.size)
+    n_least = min(n, s.size - n_most)
+    blocks = [("Most anomalous", order[:n_most]), ("Least anomalous", order[::-1][:n_least])]
+    return [b for b in blocks if len(b[1])]
+
+
+def overlays_figure(
+    images: Any, maps: Any, masks: Any, scores: Any, paths: list[str], n: int = 8, *,
+    threshold: float | None = None, threshold_label: str = "Pred", labels: Any = None,
+) -> Figure:
+    """The figure :func:`plot_overlays` writes; each row's image panel is labelled with its file name and score."""
     s = check_scores(scores)
     imgs = to_numpy(images, "images")
     m = check_maps(maps)
@@ -206,38 +230,32 @@ def plot_overlays(
     y = check_labels(labels, count) if labels is not None else None
     if count == 0 or n < 1:
         raise MsaclError("no images to draw")
-    order = np.argsort(-s, kind="stable")
-    n_most = min(n, count)
-    n_least = min(n, count - n_most)
-    blocks = [("Most anomalous", order[:n_most]), ("Least anomalous", order[::-1][:n_least])]
-    blocks = [b for b in blocks if len(b[1])]
+    blocks = overlay_ranking(s, n)
     shown = np.concatenate([idx for _, idx in blocks])
     vmin, vmax = _colour_range(np.stack([_resize_map(m[i], hw) for i in shown]))
     pred_header = f"{threshold_label} (t={threshold:.3g})" if threshold is not None else None
     headers = ["Image", "Heat map"] + ([pred_header] if pred_header else []) + (["GT"] if g is not None else [])
     rows = max(len(idx) for _, idx in blocks)
-    cols = len(headers)
     panel = 1.55
-    fig = _figure(panel * cols * len(blocks) + 0.4, panel * rows + 1.1)
+    fig = _figure(panel * len(headers) * len(blocks) + 0.4, panel * rows + 1.1)
     subfigs = np.atleast_1d(fig.subfigures(1, len(blocks), wspace=0.04))
     im = None
     for sub, (name, idx) in zip(subfigs, blocks, strict=True):
         sub.suptitle(name, fontsize=11, fontweight="bold")
-        axes = np.asarray(sub.subplots(rows, cols, squeeze=False))
+        axes = np.asarray(sub.subplots(rows, len(headers), squeeze=False))
         for r in range(rows):
-            for c in range(cols):
+            for c, col in enumerate(headers):
                 ax = axes[r, c]
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == 0:
-                    ax.set_title(_plain(headers[c]), fontsize=9)
+                    ax.set_title(_plain(col), fontsize=9)
                 if r >= len(idx):
                     ax.set_axis_off()
                     continue
                 i = int(idx[r])
                 img, amap = _image_hwc(imgs[i]), _resize_map(m[i], hw)
                 mask = g[i] if g is not None else None
-                col = headers[c]
                 if col == "Image":
                     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
                     tag = "" if y is None else (", abnormal" if y[i] else ", normal")
@@ -249,11 +267,14 @@ def plot_overlays(
                 else:
                     ax.imshow(amap >= threshold, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if im is not None:
-        cbar = fig.colorbar(im, ax=list(subfigs[-1].axes), location="bottom", shrink=0.7, aspect=30, pad=0.01)
-        cbar.set_label("anomaly map value (shared scale)" + ("; green: GT contour" if g is not None else ""),
-                       fontsize=8)
-        cbar.ax.tick_params(labelsize=7)
-    return _save(fig, path, dpi=90)
+        _shared_colour_bar(fig, im, subfigs[-1], gt=g is not None)
+    return fig
+
+
+def _shared_colour_bar(fig: Figure, im: Any, below: Any, *, gt: bool) -> None:
+    cbar = fig.colorbar(im, ax=list(below.axes), location="bottom", shrink=0.7, aspect=30, pad=0.01)
+    cbar.set_label("anomaly map value (shared scale)" + ("; green: GT contour" if gt else ""), fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
 
 
 def heatmap_png(
