@@ -373,10 +373,15 @@ def pretrain(
     if not enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
         save_encoder(raw, enc_path)
     if test is not None and cfg.tsne and fabric.is_global_zero:
-        from msacl.pretrain.visualise import tsne_picture
+        from msacl.pretrain.embedding import TSNE_TITLE, tsne_inputs
+        from msacl.report import plot_tsne
 
-        tsne_picture(raw, test, out_dir / "tsne.png", seed=derive_seed(cfg.seed, _TSNE), run_seed=cfg.seed,
-                     max_images=cfg.tsne_max_images, batch_size=gb, device=device)
+        # The features are computed here; the report draws them, its title naming the seed the user gave.
+        tsne_seed = derive_seed(cfg.seed, _TSNE)
+        picked = tsne_inputs(raw, test, seed=tsne_seed, max_images=cfg.tsne_max_images, batch_size=gb, device=device)
+        if picked is not None:
+            plot_tsne(picked[0].numpy(), picked[1].numpy(), out_dir / "tsne.png", seed=tsne_seed % 2**32,
+                      title=TSNE_TITLE, shown_seed=cfg.seed)
     fabric.barrier()
     return enc_path
 

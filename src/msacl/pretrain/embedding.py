@@ -1,15 +1,19 @@
-"""The t-SNE picture of a pre-trained encoder's test representations (MSACL Fig. 1)."""
+"""What the t-SNE picture of a pre-trained encoder shows (MSACL Fig. 1): its features of test images.
+
+The engine computes them here; ``msacl.report.plot_tsne`` draws the picture.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
 from msacl.data.types import ImageSet
 from msacl.pretrain.methods import PretrainNet
 from msacl.runs import make_generator
+
+TSNE_TITLE = "t-SNE of pre-trained encoder features (test split)"
 
 
 @torch.no_grad()
@@ -27,16 +31,12 @@ def encoder_features(
     return torch.cat(feats)
 
 
-def tsne_picture(
-    net: PretrainNet, test: ImageSet, path: str | Path, *, seed: int, run_seed: int | None = None,
-    max_images: int = 2000, batch_size: int = 64, device: torch.device | str = "cpu",
-) -> Path | None:
-    """Write a t-SNE scatter of normal vs abnormal test images; None (and a note) when too few images.
-
-    ``seed`` drives the subsample and the layout; the title names ``run_seed``, the seed the user gave.
-    """
-    from msacl.report.plots import plot_tsne
-
+def tsne_inputs(
+    net: PretrainNet, test: ImageSet, *, seed: int, max_images: int = 2000, batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Features (n, D) and labels (n,) of at most ``max_images`` test images (a subsample drawn with ``seed``);
+    None (and a note on stderr) when the split has fewer than 5 images or only one class."""
     n = len(test)
     if n < 5 or test.labels.unique().numel() < 2:
         print(f"t-SNE skipped: the test split needs >= 5 images of both classes (has {n})", file=sys.stderr)
@@ -44,7 +44,4 @@ def tsne_picture(
     idx = torch.arange(n)
     if n > max_images:
         idx = torch.randperm(n, generator=make_generator(seed))[:max_images].sort().values
-    feats = encoder_features(net, test.images[idx], batch_size=batch_size, device=device)
-    return plot_tsne(feats.numpy(), test.labels[idx].numpy(), path, seed=seed % 2**32,
-                     title="t-SNE of pre-trained encoder features (test split)",
-                     shown_seed=seed if run_seed is None else run_seed)
+    return encoder_features(net, test.images[idx], batch_size=batch_size, device=device), test.labels[idx]
