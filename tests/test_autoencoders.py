@@ -19,7 +19,8 @@ from msacl.detectors.autoencoder import (
 )
 from msacl.detectors.base import Detector, batches
 from msacl.detectors.msssim import ms_ssim
-from msacl.detectors.training import extract_patches, patch_grid, run_epochs, sample_patches, spread_patch_scores
+from msacl.detectors.patches import extract_patches, patch_grid, sample_patches, spread_patch_scores
+from msacl.detectors.training import run_epochs
 from msacl.models.decoders import Critic, Decoder, LatentAutoencoder
 from msacl.runs import make_generator
 

@@ -243,6 +243,26 @@ def test_val_with_masks_sets_best_dice_threshold(synthetic_data, capsys, tmp_pat
     assert json.loads((run / "fit.json").read_text())["n_train"] == 64
 
 
+@pytest.mark.parametrize("setting, expected", [
+    ("n_features=abc", "padim.n_features: expected int, got 'abc'"),
+    ("n_features=1.5", "padim.n_features: expected an integer, got 1.5"),
+    ("eps=[1, 2]", "padim.eps: expected float, got [1, 2]"),
+])
+def test_fit_refuses_a_setting_of_the_wrong_type_in_one_line(synthetic_data, capsys, tmp_path, setting, expected):
+    code, out, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
+                         "--set", setting)
+    assert code == 1 and out == ""
+    assert err == f"msacl fit: error: {expected}\n"  # one line naming the key and the type it wants
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_checks_a_config_file_like_set(synthetic_data, capsys, tmp_path):
+    (tmp_path / "padim.yaml").write_text("n_features: 20\nsigma: wide\n")
+    code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
+                       "--config", tmp_path / "padim.yaml")
+    assert code == 1 and err == "msacl fit: error: padim.sigma: expected float, got 'wide'\n"
+
+
 def test_print_config_and_bad_settings(synthetic_data, capsys, tmp_path):
     code, out, _ = cli(capsys, "fit", "--detector", "patchcore", "--data", synthetic_data, "--out", tmp_path / "r",
                        "--set", "coreset_ratio=0.05", "--print-config")
@@ -252,7 +272,8 @@ def test_print_config_and_bad_settings(synthetic_data, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
                        "--set", "n_feature=20")
-    assert code == 1 and "n_feature" in err and "valid settings" in err and "n_features" in err
+    assert code == 1 and "n_feature" in err and "valid keys" in err and "n_features" in err
+    assert not (tmp_path / "r").exists()
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",
                        "--encoder", tmp_path / "nope.pt")
     assert code == 1 and "nope.pt" in err and "not found" in err

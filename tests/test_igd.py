@@ -227,7 +227,7 @@ def test_bad_input_and_settings_are_named():
         IGD(image_size=50)
     with pytest.raises(ValueError, match="rho must be in"):
         IGD(image_size=32, rho=1.5)
-    with pytest.raises(ValueError, match="scoring must be 'released' or 'paper'"):
+    with pytest.raises(ValueError, match=r"scoring: 'eq10' is not one of \['released', 'paper'\]"):
         IGD(image_size=32, scoring="eq10")
     with pytest.raises(ValueError, match="beta must be in"):
         IGD(image_size=32, beta=2.0)

@@ -57,6 +57,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:  # Optional[X]: the error names X
+            return _coerce(value, rest[0], where)
         for a in args:
             if a is type(None):
                 continue
@@ -64,7 +67,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")

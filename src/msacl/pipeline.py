@@ -14,7 +14,6 @@ The normal images of that validation split or hold-out are also the calibration 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch
 
 from msacl.data.types import ImageSet
 from msacl.detectors import REGISTRY, Detector, batches, build_detector
+from msacl.detectors.options import option_names
 from msacl.errors import DataError, MsaclError
 from msacl.records import Metrics, ThresholdRecord
 
@@ -121,7 +121,7 @@ def prepare_detector(
     loaded into each part.
     """
     kwargs = dict(settings)
-    params = inspect.signature(REGISTRY[name].__init__).parameters if name in REGISTRY else {}
+    params = option_names(name) if name in REGISTRY else []
     if "image_size" in params:
         kwargs["image_size"] = image_size_of(train.images)
     if "channels" in params:

@@ -7,7 +7,6 @@ pre-training run that was interrupted from its last checkpoint. Tables are rewri
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
@@ -120,15 +119,14 @@ def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, ima
 
 
 def detector_kwargs(name: str, profile: Profile, backbone: str = "resnet18") -> dict[str, Any]:
-    """The detector settings of a job; image size and channels come from the images (``msacl.pipeline``)."""
-    from msacl.detectors import REGISTRY
+    """The detector settings of a job, checked against the detector's options; image size and channels come
+    from the images (``msacl.pipeline``)."""
+    from msacl.detectors.options import option_names, options_for
 
-    params = inspect.signature(REGISTRY[name].__init__).parameters
-    kw: dict[str, Any] = dict(profile.detector_kwargs.get(name, {}))
-    if "backbone" in params:
-        kw["backbone"] = backbone
-    if "local" in params:
-        kw["local"] = profile.local
+    names = option_names(name)
+    job = {"backbone": backbone, "local": profile.local}
+    kw = dict(profile.detector_kwargs.get(name, {})) | {k: v for k, v in job.items() if k in names}
+    options_for(name, **kw)  # a profile's wrong name or type fails here, naming the setting
     return kw
 
 

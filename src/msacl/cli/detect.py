@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 from pathlib import Path
 from typing import Any
@@ -125,26 +124,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def detector_defaults(cls: type) -> dict[str, Any]:
-    """Constructor parameters of a detector class and their defaults (tuples as lists, for YAML)."""
-    out = {}
-    for name, prm in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
-            continue
-        d = None if prm.default is prm.empty else prm.default
-        out[name] = list(d) if isinstance(d, tuple) else d
-    return out
+    """The settings of a detector class (its ``Options`` dataclass) at their defaults, as YAML writes them."""
+    return cls.Options().to_dict()
 
 
 def resolve_detector_config(cls: type, config_file: str | None, overrides: list[str]) -> tuple[dict, set[str]]:
-    """Defaults from the signature, updated by a YAML mapping and ``key=value`` overrides (values parsed as YAML).
+    """The detector's options: defaults, updated by a YAML mapping and ``key=value`` overrides (values parsed
+    as YAML), each checked against its declared type.
 
-    Returns the settings and the set of keys the user gave. Unknown keys are an error listing the valid ones.
+    Returns the settings (as a dict) and the set of keys the user gave. An unknown key or a value of the wrong
+    type is a ``ConfigError`` naming the key (and the valid keys, or the expected type).
     """
     import yaml
 
     from msacl.config import ConfigError, read_yaml_mapping
+    from msacl.detectors.options import make_options
 
-    cfg = detector_defaults(cls)
     given: dict[str, Any] = {}
     if config_file:
         data = read_yaml_mapping(config_file)
@@ -155,11 +150,7 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
             raise ConfigError(f"--set {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         given[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    unknown = sorted(set(given) - set(cfg))
-    if unknown:
-        raise ConfigError(f"{cls.name}: unknown setting(s) {unknown}; valid settings are {sorted(cfg)}")
-    cfg.update(given)
-    return cfg, set(given)
+    return make_options(cls.Options, where=cls.name, **given).to_dict(), set(given)
 
 
 # ---------------------------------------------------------------------------------------------------- fit

@@ -1,4 +1,5 @@
-"""Anomaly detectors behind one interface (see ``base``); importing this package registers all of them.
+"""Anomaly detectors behind one interface (see ``base``), each with its typed settings (see ``options``);
+importing this package registers all of them.
 
 Registered names: padim, patchcore, igd, fanogan, msssim_ae, dae, panda, ocgan, cavga.
 """
@@ -6,7 +7,22 @@ Registered names: padim, patchcore, igd, fanogan, msssim_ae, dae, panda, ocgan, 
 # imported to register igd, fanogan, msssim_ae, dae, cavga, ocgan and panda
 from msacl.detectors import autoencoder, cavga, fanogan, igd, ocgan, panda  # noqa: F401
 from msacl.detectors.base import REGISTRY, Detector, batches, build_detector, register
+from msacl.detectors.options import (
+    CAVGAOptions,
+    DAEOptions,
+    DetectorOptions,
+    FAnoGANOptions,
+    IGDOptions,
+    MSSSIMOptions,
+    OCGANOptions,
+    PadimOptions,
+    PandaOptions,
+    PatchCoreOptions,
+    options_for,
+)
 from msacl.detectors.padim import Padim
 from msacl.detectors.patchcore import PatchCore
 
-__all__ = ["REGISTRY", "Detector", "Padim", "PatchCore", "batches", "build_detector", "register"]
+__all__ = ["REGISTRY", "CAVGAOptions", "DAEOptions", "Detector", "DetectorOptions", "FAnoGANOptions", "IGDOptions",
+           "MSSSIMOptions", "OCGANOptions", "Padim", "PadimOptions", "PandaOptions", "PatchCore", "PatchCoreOptions",
+           "batches", "build_detector", "options_for", "register"]

@@ -16,19 +16,16 @@ denoising auto-encoder baseline (DAE, MSACL Table 1).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
-from msacl.detectors.training import (
-    TwoScaleDetector,
-    check_positive,
-    check_unit,
-    config_of,
-    randn,
-    run_epochs,
-)
+from msacl.detectors.options import DAEOptions, MSSSIMOptions
+from msacl.detectors.training import randn, run_epochs
+from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import LatentAutoencoder
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
@@ -72,16 +69,16 @@ class _AutoencoderDetector(TwoScaleDetector):
     """Shared training of an encoder + decoder (global and optional local) with one loss."""
 
     def build_net(self, hw: tuple[int, int]) -> LatentAutoencoder:
-        c = self.config
-        return LatentAutoencoder(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
-                                 width=c["width"])
+        c = self.options
+        return LatentAutoencoder(c.backbone, image_size=hw, latent_dim=c.latent_dim, channels=c.channels,
+                                 width=c.width)
 
     def loss(self, net: LatentAutoencoder, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
     def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
-        c = self.config
-        opts = {name: torch.optim.Adam(net.parameters(), lr=c["lr"]) for name, net in self.nets()}
+        c = self.options
+        opts = {name: torch.optim.Adam(net.parameters(), lr=c.lr) for name, net in self.nets()}
 
         def step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
             out = {}
@@ -93,7 +90,7 @@ class _AutoencoderDetector(TwoScaleDetector):
                 out["loss" if name == "global" else "local_loss"] = loss.item()
             return out
 
-        return run_epochs(data, step, epochs=c["epochs"], batch_size=c["batch_size"], generator=g,
+        return run_epochs(data, step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
                           device=self.device(), progress=progress, desc=self.name)
 
 
@@ -110,14 +107,8 @@ _SHARED_ARGS = """
 class MSSSIMAutoencoder(_AutoencoderDetector):
     __doc__ = "MS-SSIM auto-encoder (CCD s_MSI).\n\n    Args:" + _SHARED_ARGS
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
-                 patches_per_image: int = 16, epochs: int = 100, batch_size: int = 32, lr: float = 1e-4,
-                 nu: float = 0.5, width: int = 32, init_seed: int = 0):
-        config = config_of(locals())
-        check_unit("nu", nu)
-        check_positive("latent_dim", latent_dim)
-        super().__init__(**config)
+    Options: ClassVar[type[MSSSIMOptions]] = MSSSIMOptions
+    options: MSSSIMOptions
 
     def loss(self, net: LatentAutoencoder, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return msssim_loss(x, net(x)[1])
@@ -133,7 +124,7 @@ class MSSSIMAutoencoder(_AutoencoderDetector):
             (m_p,) = self.local_apply(x, patch_msssim)  # (B, P)
             pixel = pixel + self.spread(1 - m_p)
             m_l = m_p.mean(1)
-        return msi_score(m_g, m_l, nu=self.config["nu"]), pixel
+        return msi_score(m_g, m_l, nu=self.options.nu), pixel
 
 
 @register("dae")
@@ -142,22 +133,14 @@ class DAE(_AutoencoderDetector):
         noise_std: std of the Gaussian noise added to training inputs (ours: 0.1), clamped to [0, 1].
         blur_sigma: Gaussian blur of the squared-error map (anomalib's 4).""")
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
-                 patches_per_image: int = 16, epochs: int = 100, batch_size: int = 32, lr: float = 1e-4,
-                 nu: float = 0.5, noise_std: float = 0.1, blur_sigma: float = 4.0, width: int = 32,
-                 init_seed: int = 0):
-        config = config_of(locals())
-        check_unit("nu", nu)
-        check_positive("latent_dim", latent_dim)
-        check_positive("noise_std", noise_std, minimum=0)
-        super().__init__(**config)
+    Options: ClassVar[type[DAEOptions]] = DAEOptions
+    options: DAEOptions
 
     def loss(self, net: LatentAutoencoder, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        noisy = (x + self.config["noise_std"] * randn(x.shape, g, x)).clamp(0, 1)
+        noisy = (x + self.options.noise_std * randn(x.shape, g, x)).clamp(0, 1)
         return denoising_loss(x, net(noisy)[1])
 
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         score, pixel = squared_error_score(x, self.model(x)[1])
         score, pixel = self.with_local(x, score, pixel, lambda p: squared_error_score(p, self.local(p)[1])[0])
-        return score, gaussian_blur(pixel, self.config["blur_sigma"])
+        return score, gaussian_blur(pixel, self.options.blur_sigma)

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from msacl.config import ConfigError
+from msacl.detectors.options import DetectorOptions, make_options
 from msacl.errors import CheckpointError, MsaclError
 from msacl.models.encoders import IMAGENET
 from msacl.runs import atomic_torch_save, read_torch_file
@@ -43,18 +45,28 @@ def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 
 
 class Detector(nn.Module):
-    """Base class. Subclasses implement ``fit`` and ``predict`` and keep constructor kwargs in ``config``.
+    """Base class. Subclasses declare their settings' dataclass as ``Options`` and implement ``fit`` and
+    ``predict``.
 
-    ``config`` must hold only JSON-like values (numbers, strings, lists) so that a saved detector loads
-    with ``torch.load(..., weights_only=True)``. The encoder's backbone name is part of it; its weights and
-    input normalisation are part of the state dict.
+    Built from an options object, keyword arguments, or both (keywords override): ``Padim(n_features=200)``,
+    ``Padim(PadimOptions(n_features=200))``; each value is checked against its declared type
+    (``msacl.detectors.options``). ``options`` holds the typed settings; ``config`` their JSON-like form
+    (numbers, strings, lists), which ``save`` stores so that a saved detector loads with
+    ``torch.load(..., weights_only=True)``. The encoder's backbone name is part of it; its weights and input
+    normalisation are part of the state dict.
     """
 
     name: ClassVar[str] = "detector"
+    Options: ClassVar[type[DetectorOptions]] = DetectorOptions
 
-    def __init__(self, **config: Any):
+    def __init__(self, options: DetectorOptions | None = None, /, **kwargs: Any):
         super().__init__()
-        self.config: dict[str, Any] = dict(config)
+        self.options = make_options(self.Options, options, where=self.name, **kwargs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings as a JSON-like dict (what ``save`` stores and ``msacl fit`` writes to config.yaml)."""
+        return self.options.to_dict()
 
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> Detector:
@@ -94,7 +106,11 @@ class Detector(nn.Module):
         obj = read_torch_file(path, error=CheckpointError, what="detector file", map_location=map_location)
         if not isinstance(obj, dict) or obj.get("detector") not in REGISTRY:
             raise CheckpointError(f"{path}: not a saved msacl detector (known: {sorted(REGISTRY)})")
-        det = REGISTRY[obj["detector"]](**obj["config"])
+        try:
+            det = REGISTRY[obj["detector"]](**obj["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: its settings do not fit this version's {obj['detector']} "
+                                  f"detector ({e}); fit it again") from None
         try:
             det.load_state_dict(obj["state_dict"])
         except RuntimeError as e:
@@ -114,7 +130,8 @@ def encoder_file(path: str | Path) -> Path:
     return p
 
 
-def build_detector(name: str, **kwargs: Any) -> Detector:
+def build_detector(name: str, options: DetectorOptions | None = None, /, **kwargs: Any) -> Detector:
+    """The registered detector ``name`` built from its options and / or keyword arguments."""
     if name not in REGISTRY:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[name](**kwargs)
+    return REGISTRY[name](options, **kwargs)

@@ -31,20 +31,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, evaluating
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.ocgan import bce
+from msacl.detectors.options import CAVGAOptions
 from msacl.detectors.training import (
-    check_positive,
     collect_images,
-    config_of,
     default_generator,
     randn,
     reinit,
@@ -140,22 +139,16 @@ class CAVGA(CheckpointedFit, Detector):
         width: decoder / discriminator width. init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 128, latent_stride: int = 16, epochs: int = 100, batch_size: int = 32,
-                 lr: float = 1e-4, w_vae: float = 1.0, w_adv: float = 1.0, w_ae: float = 0.01, width: int = 32,
-                 init_seed: int = 0):
-        config = config_of(locals())
-        check_positive("epochs", epochs, minimum=0)
-        check_positive("batch_size", batch_size, minimum=2)
-        check_positive("latent_dim", latent_dim)
-        check_positive("lr", lr, minimum=1e-12)
-        if latent_stride not in (8, 16, 32):
-            raise ConfigError(f"cavga: latent_stride must be 8, 16 or 32, got {latent_stride}")
-        super().__init__(**config)
-        self.hw = image_hw(image_size)
-        with seeded(init_seed):
-            self.model = CAVGANet(backbone, image_size=self.hw, latent_dim=latent_dim, channels=channels,
-                                  width=width, stride=latent_stride)
+    Options: ClassVar[type[CAVGAOptions]] = CAVGAOptions
+    options: CAVGAOptions
+
+    def __init__(self, options: CAVGAOptions | None = None, /, **kwargs: Any):
+        super().__init__(options, **kwargs)
+        o = self.options
+        self.hw = image_hw(o.image_size)
+        with seeded(o.init_seed):
+            self.model = CAVGANet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
+                                  width=o.width, stride=o.latent_stride)
 
     @property
     def encoder(self) -> nn.Module:
@@ -166,27 +159,27 @@ class CAVGA(CheckpointedFit, Detector):
 
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> CAVGA:
-        c, net = self.config, self.model
-        data = collect_images(batches, image_size=self.hw, channels=c["channels"], who=self.name)
+        c, net = self.options, self.model
+        data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
         g = default_generator(generator)
         reinit([net.mu, net.logvar, net.decoder, net.critic], g)
         n = data.shape[0]
-        steps = n // c["batch_size"] + (1 if n % c["batch_size"] > 1 else 0)
-        loop = FitLoop(self, g, phases=[("cavga", c["epochs"])], steps_per_epoch=steps, progress=progress)
+        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
+        loop = FitLoop(self, g, phases=[("cavga", c.epochs)], steps_per_epoch=steps, progress=progress)
         vae = [p for name, p in net.named_parameters() if not name.startswith("critic.")]
-        opts = {"vae": torch.optim.Adam(vae, lr=c["lr"], betas=(0.5, 0.999)),
-                "critic": torch.optim.Adam(net.critic.parameters(), lr=c["lr"], betas=(0.5, 0.999))}
+        opts = {"vae": torch.optim.Adam(vae, lr=c.lr, betas=(0.5, 0.999)),
+                "critic": torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=(0.5, 0.999))}
         self.train()
         try:
-            self.history = loop.run("cavga", data, lambda x, g: self._step(x, g, opts), epochs=c["epochs"],
-                                    batch_size=c["batch_size"], optimizers=opts, device=self.device())
+            self.history = loop.run("cavga", data, lambda x, g: self._step(x, g, opts), epochs=c.epochs,
+                                    batch_size=c.batch_size, optimizers=opts, device=self.device())
         finally:
             loop.close()
             self.eval()
         return self
 
     def _step(self, x: torch.Tensor, g: torch.Generator, opts: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        c, net = self.config, self.model
+        c, net = self.options, self.model
         f, mu, logvar = net.encode(x)
         z = mu + torch.exp(0.5 * logvar) * randn(mu.shape, g, mu)
         x_rec = net.decoder(z)
@@ -197,7 +190,7 @@ class CAVGA(CheckpointedFit, Detector):
         attention = grad_cam(f, mu.sum(), create_graph=True)
         l_vae, l_adv, l_ae = vae_loss(x, x_rec, mu, logvar), bce(net.critic(x_rec), 1.0), \
             attention_expansion_loss(attention)
-        loss = c["w_vae"] * l_vae + c["w_adv"] * l_adv + c["w_ae"] * l_ae
+        loss = c.w_vae * l_vae + c.w_adv * l_adv + c.w_ae * l_ae
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["vae"].step()
@@ -205,8 +198,8 @@ class CAVGA(CheckpointedFit, Detector):
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (N, C, H, W) -> scores (N,), maps 1 - A (N, 1, H, W). Runs autograd for the Grad-CAM."""
-        c = self.config
-        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c["channels"])
+        c = self.options
+        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c.channels)
         with evaluating(self):
             with torch.enable_grad():
                 xd = x.to(self.device())

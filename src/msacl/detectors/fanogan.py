@@ -26,18 +26,15 @@ image score becomes ``nu * s_G + (1 - nu) * mean patch s_L`` (ours).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
-from msacl.detectors.training import (
-    TwoScaleDetector,
-    check_positive,
-    check_unit,
-    config_of,
-    rand,
-    run_epochs,
-)
+from msacl.detectors.options import FAnoGANOptions
+from msacl.detectors.training import rand, run_epochs
+from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
@@ -135,35 +132,26 @@ class FAnoGAN(TwoScaleDetector):
         init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
-                 patches_per_image: int = 16, gan_epochs: int = 100, epochs: int = 50, batch_size: int = 32,
-                 lr: float = 1e-4, n_critic: int = 5, lambda_gp: float = 10.0, kappa: float = 1.0, nu: float = 0.5,
-                 blur_sigma: float = 4.0, width: int = 32, init_seed: int = 0):
-        config = config_of(locals())
-        check_unit("nu", nu)
-        check_positive("gan_epochs", gan_epochs, minimum=0)
-        check_positive("n_critic", n_critic)
-        check_positive("latent_dim", latent_dim)
-        super().__init__(**config)
+    Options: ClassVar[type[FAnoGANOptions]] = FAnoGANOptions
+    options: FAnoGANOptions
 
     def build_net(self, hw: tuple[int, int]) -> FAnoGANNet:
-        c = self.config
-        return FAnoGANNet(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
-                          width=c["width"])
+        c = self.options
+        return FAnoGANNet(c.backbone, image_size=hw, latent_dim=c.latent_dim, channels=c.channels,
+                          width=c.width)
 
     def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
-        c = self.config
+        c = self.options
         betas = (0.0, 0.9)
-        gan = {name: (torch.optim.Adam(net.decoder.parameters(), lr=c["lr"], betas=betas),
-                      torch.optim.Adam(net.critic.parameters(), lr=c["lr"], betas=betas)) for name, net in self.nets()}
-        enc = {name: torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=c["lr"], betas=betas)
+        gan = {name: (torch.optim.Adam(net.decoder.parameters(), lr=c.lr, betas=betas),
+                      torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=betas)) for name, net in self.nets()}
+        enc = {name: torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=c.lr, betas=betas)
                for name, net in self.nets()}
         counter = [0]
 
         def gan_step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
             out: dict[str, float] = {}
-            train_g = counter[0] % c["n_critic"] == c["n_critic"] - 1
+            train_g = counter[0] % c.n_critic == c.n_critic - 1
             counter[0] += 1
             for name, net in self.nets():
                 real = self.local_batch(x, g) if name == "local" else x
@@ -175,20 +163,20 @@ class FAnoGAN(TwoScaleDetector):
             out = {}
             for name, net in self.nets():
                 real = self.local_batch(x, g) if name == "local" else x
-                loss = izif_loss(*net.residuals(real), kappa=c["kappa"])
+                loss = izif_loss(*net.residuals(real), kappa=c.kappa)
                 enc[name].zero_grad(set_to_none=True)
                 loss.backward()
                 enc[name].step()
                 out["izif" if name == "global" else "local_izif"] = loss.item()
             return out
 
-        history = run_epochs(data, gan_step, epochs=c["gan_epochs"], batch_size=c["batch_size"], generator=g,
+        history = run_epochs(data, gan_step, epochs=c.gan_epochs, batch_size=c.batch_size, generator=g,
                              device=self.device(), progress=progress, desc="fanogan: wgan-gp")
         for _, net in self.nets():  # phase 2: the GAN is fixed (BatchNorm in eval mode, no gradients)
             net.decoder.eval().requires_grad_(False)
             net.critic.requires_grad_(False)
         try:
-            history += run_epochs(data, encoder_step, epochs=c["epochs"], batch_size=c["batch_size"], generator=g,
+            history += run_epochs(data, encoder_step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
                                   device=self.device(), progress=progress, desc="fanogan: encoder")
         finally:
             for _, net in self.nets():
@@ -198,18 +186,18 @@ class FAnoGAN(TwoScaleDetector):
 
     def _gan_step(self, net: FAnoGANNet, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   real: torch.Tensor, g: torch.Generator, train_generator: bool) -> dict[str, float]:
-        c, b = self.config, real.shape[0]
-        z = rand((b, c["latent_dim"]), g, real) * 2 - 1
+        c, b = self.options, real.shape[0]
+        z = rand((b, c.latent_dim), g, real) * 2 - 1
         with torch.no_grad():
             fake = net.decode(z)
         penalty = gradient_penalty(net.critic, real, fake, rand((b,), g, real))
-        loss_d = critic_loss(net.critic(real), net.critic(fake), penalty, lambda_gp=c["lambda_gp"])
+        loss_d = critic_loss(net.critic(real), net.critic(fake), penalty, lambda_gp=c.lambda_gp)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         out = {"critic": loss_d.item()}
         if train_generator:
-            z = rand((b, c["latent_dim"]), g, real) * 2 - 1
+            z = rand((b, c.latent_dim), g, real) * 2 - 1
             loss_g = generator_loss(net.critic(net.decode(z)))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -218,10 +206,10 @@ class FAnoGAN(TwoScaleDetector):
         return out
 
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
+        c = self.options
         x, x_rec, z, z_rec = self.model.residuals(x)
-        score = fanogan_score(x, x_rec, z, z_rec, kappa=c["kappa"])
+        score = fanogan_score(x, x_rec, z, z_rec, kappa=c.kappa)
         pixel = (x - x_rec).abs().mean(1, keepdim=True)
         score, pixel = self.with_local(x, score, pixel,
-                                       lambda p: fanogan_score(*self.local.residuals(p), kappa=c["kappa"]))
-        return score, gaussian_blur(pixel, c["blur_sigma"])
+                                       lambda p: fanogan_score(*self.local.residuals(p), kappa=c.kappa))
+        return score, gaussian_blur(pixel, c.blur_sigma)

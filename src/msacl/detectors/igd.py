@@ -27,21 +27,16 @@ time is a signed mean (``(img - rec).mean()``), ours the MAE its training loss a
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from msacl.config import ConfigError
 from msacl.detectors.base import register
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
-from msacl.detectors.training import (
-    TwoScaleDetector,
-    check_positive,
-    check_unit,
-    config_of,
-    patch_grid,
-    rand,
-    randperm,
-    run_epochs,
-)
+from msacl.detectors.options import IGDOptions
+from msacl.detectors.patches import place_patch_maps
+from msacl.detectors.training import rand, randperm, run_epochs
+from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
@@ -132,22 +127,6 @@ def pixel_reconstruction(x: torch.Tensor, x_rec: torch.Tensor, *, rho: float = 0
         returns: (B, 1, H, W).
     """
     return rho * (x - x_rec).abs().mean(1, keepdim=True) + (1 - rho) * (1 - ssim_map(x, x_rec))
-
-
-def place_patch_maps(maps: torch.Tensor, hw: tuple[int, int], *, patch: int = 32, stride: int = 16) -> torch.Tensor:
-    """Put each patch's map back where the patch was cut and average where patches overlap.
-
-    Shape:
-        maps: (B, P, 1, patch, patch) in ``extract_patches`` order.
-        returns: (B, 1, H, W).
-    """
-    rows, cols = patch_grid(hw[0], patch, stride), patch_grid(hw[1], patch, stride)
-    total = maps.new_zeros(maps.shape[0], 1, *hw)
-    count = maps.new_zeros(1, 1, *hw)
-    for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
-        total[:, :, r:r + patch, c:c + patch] += maps[:, k]
-        count[:, :, r:r + patch, c:c + patch] += 1
-    return total / count
 
 
 def igd_loss(rec: torch.Tensor, h: torch.Tensor, pred_mix: torch.Tensor, *, w_rec: float = 1.0,
@@ -243,46 +222,34 @@ class IGD(TwoScaleDetector):
         width: decoder/critic width (ours: 32). init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 128, local: bool = False, patch_size: int = 32, patch_stride: int = 16,
-                 patches_per_image: int = 16, epochs: int = 256, batch_size: int = 32, lr: float = 1e-4,
-                 rho: float = 0.15, xi: float = 0.9, nu: float = 0.5, w_rec: float = 1.0, w_gauss: float = 1.0,
-                 w_interp: float = 0.1, gamma: float = 0.2, freeze_encoder: bool = False, width: int = 32,
-                 init_seed: int = 0, scoring: str = "released", xi_global: float = 0.1, xi_local: float = 0.9,
-                 beta: float = 0.5):
-        config = config_of(locals())
-        for key in ("rho", "xi", "nu", "gamma", "xi_global", "xi_local", "beta"):
-            check_unit(key, config[key])
-        if scoring not in ("released", "paper"):
-            raise ConfigError(f"scoring must be 'released' or 'paper', got {scoring!r}")
-        check_positive("latent_dim", latent_dim)
-        super().__init__(**config)
+    Options: ClassVar[type[IGDOptions]] = IGDOptions
+    options: IGDOptions
 
     def build_net(self, hw: tuple[int, int]) -> IGDNet:
-        c = self.config
-        return IGDNet(c["backbone"], image_size=hw, latent_dim=c["latent_dim"], channels=c["channels"],
-                      width=c["width"])
+        c = self.options
+        return IGDNet(c.backbone, image_size=hw, latent_dim=c.latent_dim, channels=c.channels,
+                      width=c.width)
 
     # -------------------------------------------------------------- training
 
     def train(self, mode: bool = True) -> IGD:
         super().train(mode)
-        if self.config.get("freeze_encoder"):
+        if self.options.freeze_encoder:
             # A frozen encoder keeps its BatchNorm statistics too, not only its weights.
             for _, net in self.nets():
                 net.encoder.eval()
         return self
 
     def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
-        c = self.config
+        c = self.options
         device = self.device()
         opts = {}
         for name, net in self.nets():
             params = [p for n, p in net.named_parameters() if not n.startswith("critic.")
-                      and not (c["freeze_encoder"] and n.startswith("encoder."))]
-            opts[name] = (torch.optim.Adam(params, lr=c["lr"], betas=(0.0, 0.9), weight_decay=1e-6),
-                          torch.optim.Adam(net.critic.parameters(), lr=c["lr"], betas=(0.0, 0.9)))
-            if c["freeze_encoder"]:
+                      and not (c.freeze_encoder and n.startswith("encoder."))]
+            opts[name] = (torch.optim.Adam(params, lr=c.lr, betas=(0.0, 0.9), weight_decay=1e-6),
+                          torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=(0.0, 0.9)))
+            if c.freeze_encoder:
                 net.encoder.requires_grad_(False)
 
         def step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
@@ -294,7 +261,7 @@ class IGD(TwoScaleDetector):
 
         self._latents: dict[str, list[torch.Tensor]] = {}
         self._fresh = {name for name, _ in self.nets()}
-        history = run_epochs(data, step, epochs=c["epochs"], batch_size=c["batch_size"], generator=g,
+        history = run_epochs(data, step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
                              optimizers=[o for pair in opts.values() for o in pair], lr_power=0.9, device=device,
                              progress=progress, desc="igd", on_epoch_start=self._update_gaussians)
         self._estimate_gaussians(data, g)
@@ -312,25 +279,25 @@ class IGD(TwoScaleDetector):
 
     def _step(self, net: IGDNet, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
               x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
-        c = self.config
+        c = self.options
         z, x_rec = net(x)
         key = "local" if net is self.local else "global"
         if key in self._fresh:  # first batch of the first epoch: start h from this batch
             net.c, net.sigma = gaussian_parameters(z.detach())
             self._fresh.discard(key)
         self._latents.setdefault(key, []).append(z.detach())
-        rec, h = reconstruction_error(_l1(x, x_rec), ms_ssim(x, x_rec), rho=c["rho"]), net.h(z)
+        rec, h = reconstruction_error(_l1(x, x_rec), ms_ssim(x, x_rec), rho=c.rho), net.h(z)
         # ACAI: interpolate each latent with another one of the batch, alpha in [0, 0.5]
         alpha = rand((x.shape[0],), g, z) * 0.5
         partner = z[randperm(x.shape[0], g, z)]
         x_mix = net.decode(alpha[:, None] * z + (1 - alpha[:, None]) * partner)
         pred_mix = net.critic(x_mix)
-        loss = igd_loss(rec, h, pred_mix, w_rec=c["w_rec"], w_gauss=c["w_gauss"], w_interp=c["w_interp"])
+        loss = igd_loss(rec, h, pred_mix, w_rec=c.w_rec, w_gauss=c.w_gauss, w_interp=c.w_interp)
         opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         opt_ae.step()
 
-        blend = c["gamma"] * x + (1 - c["gamma"]) * x_rec.detach()
+        blend = c.gamma * x + (1 - c.gamma) * x_rec.detach()
         l_critic = interpolation_critic_loss(net.critic(x_mix.detach()), alpha, net.critic(blend))
         opt_critic.zero_grad(set_to_none=True)
         l_critic.backward()
@@ -342,7 +309,7 @@ class IGD(TwoScaleDetector):
     def _estimate_gaussians(self, data: torch.Tensor, g: torch.Generator) -> None:
         """After training: c and sigma of each model from the eval-mode latents of all training images
         (local: the same number of random patches per image as in training), as ``predict`` sees them."""
-        device, bs = self.device(), int(self.config["batch_size"])
+        device, bs = self.device(), int(self.options.batch_size)
         for name, net in self.nets():
             was = net.training
             net.eval()
@@ -356,9 +323,9 @@ class IGD(TwoScaleDetector):
     # -------------------------------------------------------------- inference
 
     def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
+        c = self.options
         z, x_rec = self.model(x)
-        rho = c["rho"]
+        rho = c.rho
         l1, m_g, h = _l1(x, x_rec), ms_ssim(x, x_rec), self.model.h(z)
         pixel_rec = pixel_reconstruction(x, x_rec, rho=rho)
         patches = None
@@ -368,23 +335,23 @@ class IGD(TwoScaleDetector):
                 return _l1(p, p_rec), ms_ssim(p, p_rec), self.local.h(zp), pixel_reconstruction(p, p_rec, rho=rho)
 
             patches = self.local_apply(x, patch_terms)  # (B, P) each, maps (B, P, 1, p, p)
-        if c["scoring"] == "released":  # reconstruction-only maps, 0.5 / 0.5 (inference_loc.py)
+        if c.scoring == "released":  # reconstruction-only maps, 0.5 / 0.5 (inference_loc.py)
             rec_g = reconstruction_error(l1, m_g, rho=rho)
             if patches is None:
-                return released_score(rec_g, h, xi_global=c["xi_global"]), pixel_rec
+                return released_score(rec_g, h, xi_global=c.xi_global), pixel_rec
             l1_p, m_p, h_p, map_p = patches
-            local_map = place_patch_maps(map_p, self.hw, patch=int(c["patch_size"]), stride=int(c["patch_stride"]))
+            local_map = place_patch_maps(map_p, self.hw, patch=int(c.patch_size), stride=int(c.patch_stride))
             score = released_score(rec_g, h, reconstruction_error(l1_p, m_p, rho=rho), h_p,
-                                   xi_global=c["xi_global"], xi_local=c["xi_local"], beta=c["beta"])
-            return score, c["beta"] * local_map + (1 - c["beta"]) * pixel_rec
+                                   xi_global=c.xi_global, xi_local=c.xi_local, beta=c.beta)
+            return score, c.beta * local_map + (1 - c.beta) * pixel_rec
         # "paper": both heat maps are Eq. 10 (MSACL Sec. 3.3) before they are summed: per pixel for the global
         # model, per patch for the local one.
-        pixel = c["xi"] * pixel_rec + (1 - c["xi"]) * (1 - h).view(-1, 1, 1, 1)
+        pixel = c.xi * pixel_rec + (1 - c.xi) * (1 - h).view(-1, 1, 1, 1)
         m_l = None
         if patches is not None:
             l1_p, m_p, h_p, _ = patches
-            s_p = igd_score(reconstruction_error(l1_p, m_p, rho=rho), h_p, xi=c["xi"])
+            s_p = igd_score(reconstruction_error(l1_p, m_p, rho=rho), h_p, xi=c.xi)
             pixel = pixel + self.spread(s_p)
             m_l = m_p.mean(1)
-        rec = reconstruction_error(l1, m_g, m_l, rho=c["rho"], nu=c["nu"])
-        return igd_score(rec, h, xi=c["xi"]), pixel
+        rec = reconstruction_error(l1, m_g, m_l, rho=c.rho, nu=c.nu)
+        return igd_score(rec, h, xi=c.xi), pixel

@@ -34,6 +34,7 @@ discriminators and C are msacl's ``Critic`` (strided convolutions, no normalisat
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +43,9 @@ from torch import nn
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, evaluating, gaussian_blur
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
+from msacl.detectors.options import OCGANOptions
 from msacl.detectors.training import (
-    check_positive,
     collect_images,
-    config_of,
     default_generator,
     rand,
     randn,
@@ -147,24 +147,16 @@ class OCGAN(CheckpointedFit, Detector):
         init_seed: seed of the construction-time initialisation.
     """
 
-    def __init__(self, backbone: str = "resnet18", image_size: int | list[int] = 64, channels: int = 3,
-                 latent_dim: int = 16, epochs: int = 201, batch_size: int = 512, lr: float = 2e-4,
-                 beta1: float = 0.5, noise_std: float = 0.01, w_latent: float = 10.0, w_visual: float = 1.0,
-                 w_rec: float = 500.0, mining_start: int = 150, mining_step: float = 2.0, mining_steps: int = 1,
-                 blur_sigma: float = 4.0, width: int = 32, init_seed: int = 0):
-        config = config_of(locals())
-        check_positive("epochs", epochs, minimum=0)
-        check_positive("batch_size", batch_size, minimum=2)
-        check_positive("latent_dim", latent_dim)
-        check_positive("mining_start", mining_start, minimum=0)
-        check_positive("mining_steps", mining_steps, minimum=0)
-        check_positive("lr", lr, minimum=1e-12)
-        check_positive("noise_std", noise_std, minimum=0)
-        super().__init__(**config)
-        self.hw = image_hw(image_size)
-        with seeded(init_seed):
-            self.model = OCGANNet(backbone, image_size=self.hw, latent_dim=latent_dim, channels=channels,
-                                  width=width)
+    Options: ClassVar[type[OCGANOptions]] = OCGANOptions
+    options: OCGANOptions
+
+    def __init__(self, options: OCGANOptions | None = None, /, **kwargs: Any):
+        super().__init__(options, **kwargs)
+        o = self.options
+        self.hw = image_hw(o.image_size)
+        with seeded(o.init_seed):
+            self.model = OCGANNet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
+                                  width=o.width)
 
     @property
     def encoder(self) -> nn.Module:
@@ -175,22 +167,22 @@ class OCGAN(CheckpointedFit, Detector):
 
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> OCGAN:
-        c = self.config
-        data = collect_images(batches, image_size=self.hw, channels=c["channels"], who=self.name)
+        c = self.options
+        data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
         g = default_generator(generator)
         net = self.model
         reinit([m for name, m in net.named_children() if name != "ae"] + [net.ae.head, net.ae.decoder], g)
         n = data.shape[0]
-        steps = n // c["batch_size"] + (1 if n % c["batch_size"] > 1 else 0)
-        loop = FitLoop(self, g, phases=[("ocgan", c["epochs"])], steps_per_epoch=steps, progress=progress)
-        betas = (c["beta1"], 0.999)
-        opts = {k: torch.optim.Adam(m.parameters(), lr=c["lr"], betas=betas)
+        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
+        loop = FitLoop(self, g, phases=[("ocgan", c.epochs)], steps_per_epoch=steps, progress=progress)
+        betas = (c.beta1, 0.999)
+        opts = {k: torch.optim.Adam(m.parameters(), lr=c.lr, betas=betas)
                 for k, m in (("ae", net.ae), ("visual", net.visual), ("latent", net.latent),
                              ("classifier", net.classifier))}
         self.train()
         try:
             self.history = loop.run("ocgan", data, lambda x, g: self._step(x, g, opts, loop.epoch),
-                                    epochs=c["epochs"], batch_size=c["batch_size"], optimizers=opts,
+                                    epochs=c.epochs, batch_size=c.batch_size, optimizers=opts,
                                     device=self.device())
         finally:
             loop.close()
@@ -199,9 +191,9 @@ class OCGAN(CheckpointedFit, Detector):
 
     def _step(self, x: torch.Tensor, g: torch.Generator, opts: dict[str, torch.optim.Optimizer],
               epoch: int) -> dict[str, float]:
-        c, net = self.config, self.model
-        b, d = x.shape[0], c["latent_dim"]
-        noisy = x + c["noise_std"] * randn(x.shape, g, x)
+        c, net = self.options, self.model
+        b, d = x.shape[0], c.latent_dim
+        noisy = x + c.noise_std * randn(x.shape, g, x)
         u = rand((b, d), g, x) * 2 - 1  # Dl's "real" codes
         eps = rand((b, d), g, x) * 2 - 1  # latents decoded as Dv's and C's fakes
         with torch.no_grad():
@@ -218,14 +210,14 @@ class OCGAN(CheckpointedFit, Detector):
         loss_c.backward()
         opts["classifier"].step()
         mu = rand((b, d), g, x) * 2 - 1
-        if epoch >= c["mining_start"] and c["mining_steps"] > 0:
-            mined = mine_negatives(mu, lambda zz: net.classifier(net.ae.decode(zz)), step=c["mining_step"],
-                                   steps=c["mining_steps"])
+        if epoch >= c.mining_start and c.mining_steps > 0:
+            mined = mine_negatives(mu, lambda zz: net.classifier(net.ae.decode(zz)), step=c.mining_step,
+                                   steps=c.mining_steps)
         else:
             mined = torch.tanh(mu)
         z = net.ae.encode(noisy)
         loss_g = generator_loss(net.latent(z), net.visual(net.ae.decode(mined)), x, net.ae.decode(z),
-                                w_latent=c["w_latent"], w_visual=c["w_visual"], w_rec=c["w_rec"])
+                                w_latent=c.w_latent, w_visual=c.w_visual, w_rec=c.w_rec)
         opts["ae"].zero_grad(set_to_none=True)
         loss_g.backward()
         opts["ae"].step()
@@ -234,11 +226,11 @@ class OCGAN(CheckpointedFit, Detector):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c["channels"])
+        c = self.options
+        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c.channels)
         with evaluating(self):
             xd = x.to(self.device())
             x_rec = self.model.ae.decode(self.model.ae.encode(xd))
             score = ocgan_score(xd, x_rec)
-            maps = gaussian_blur(((xd - x_rec) ** 2).mean(1, keepdim=True), c["blur_sigma"])
+            maps = gaussian_blur(((xd - x_rec) ** 2).mean(1, keepdim=True), c.blur_sigma)
         return score.to(x.device), maps.to(x.device)

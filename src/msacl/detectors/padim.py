@@ -15,7 +15,9 @@ the image score is the maximum of that map.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import FrozenFeatures, check_images, feature_grid, resize_square, to_image_map
+from msacl.detectors.options import PadimOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
@@ -97,23 +100,25 @@ class Padim(Detector):
     ``n_train`` (number of images fitted), with P the positions of the finest tap's grid.
     """
 
-    def __init__(self, *, backbone: str = "resnet18", image_size: int = 256,
-                 strides: Sequence[int | str] = (4, 8, 16), n_features: int | None = None,
-                 eps: float = 0.01, sigma: float = 4.0):
-        encoder = Encoder(backbone)
-        strides = check_strides(strides, encoder.spec)
-        super().__init__(backbone=backbone, image_size=int(image_size), strides=strides, n_features=n_features,
-                         eps=float(eps), sigma=float(sigma))
+    Options: ClassVar[type[PadimOptions]] = PadimOptions
+    options: PadimOptions
+
+    def __init__(self, options: PadimOptions | None = None, /, **kwargs: Any):
+        super().__init__(options, **kwargs)
+        o = self.options
+        encoder = Encoder(o.backbone)
+        strides = check_strides(o.strides, encoder.spec)
+        self.options = dataclasses.replace(o, strides=strides)
         self.encoder = encoder
         # Inference runs on a BatchNorm-folded channels-last copy: ~40 % less CPU time than the plain encoder.
         self._features = FrozenFeatures()
         self.strides = strides
-        self.image_size = int(image_size)
-        self.eps = float(eps)
-        self.sigma = float(sigma)
+        self.image_size = o.image_size
+        self.eps = o.eps
+        self.sigma = o.sigma
         self.layer_channels = [self.encoder.channels(s) for s in strides]
         total = sum(self.layer_channels)
-        d = default_d(total) if n_features is None else int(n_features)
+        d = default_d(total) if o.n_features is None else o.n_features
         if not 1 <= d <= total:
             raise MsaclError(f"padim: n_features={d} must be between 1 and {total} (channels at strides {strides})")
         self.grid = feature_grid(self.encoder, self.image_size, strides[0])

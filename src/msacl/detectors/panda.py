@@ -36,18 +36,19 @@ ResNet-18: 28 MB).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
-from msacl.detectors.training import check_positive, default_generator
+from msacl.detectors.options import PandaOptions
+from msacl.detectors.training import default_generator
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides, sequential_parts
 from msacl.models.encoders import Encoder
@@ -144,26 +145,14 @@ class Panda(CheckpointedFit, Detector):
     Buffers: ``center`` (D,), ``train_features`` (N, D), ``map_bank`` (N, C, h, w) float16, ``n_train``.
     """
 
-    def __init__(self, *, backbone: str = "resnet152", image_size: int = 224, epochs: int = 15, batch_size: int = 32,
-                 lr: float = 1e-2, momentum: float = 0.9, weight_decay: float = 5e-5, grad_clip: float = 1e-3,
-                 k: int = 2, regularizer: str = "early", ewc_lambda: float = 1e4,
-                 map_strides: Sequence[int | str] = (8, 16), map_images: int = 50, map_k: int = 1,
-                 sigma: float = 4.0):
-        encoder = Encoder(backbone)
-        strides = check_strides(map_strides, encoder.spec)
-        if regularizer not in ("early", "ewc"):
-            raise ConfigError(f"panda: regularizer must be 'early' or 'ewc', got {regularizer!r}")
-        check_positive("epochs", epochs, minimum=0)
-        check_positive("batch_size", batch_size, minimum=2)
-        for name, v in (("k", k), ("map_images", map_images), ("map_k", map_k), ("image_size", image_size)):
-            check_positive(name, v)
-        if lr <= 0 or grad_clip <= 0:
-            raise ConfigError(f"panda: lr and grad_clip must be > 0, got {lr} and {grad_clip}")
-        super().__init__(backbone=backbone, image_size=int(image_size), epochs=int(epochs),
-                         batch_size=int(batch_size), lr=float(lr), momentum=float(momentum),
-                         weight_decay=float(weight_decay), grad_clip=float(grad_clip), k=int(k),
-                         regularizer=regularizer, ewc_lambda=float(ewc_lambda), map_strides=strides,
-                         map_images=int(map_images), map_k=int(map_k), sigma=float(sigma))
+    Options: ClassVar[type[PandaOptions]] = PandaOptions
+    options: PandaOptions
+
+    def __init__(self, options: PandaOptions | None = None, /, **kwargs: Any):
+        super().__init__(options, **kwargs)
+        encoder = Encoder(self.options.backbone)
+        strides = check_strides(self.options.map_strides, encoder.spec)
+        self.options = dataclasses.replace(self.options, map_strides=strides)
         self.encoder = encoder
         self.trained = adapted_parameters(encoder)
         dim = sum(encoder.channels(s) for s in strides)
@@ -191,15 +180,15 @@ class Panda(CheckpointedFit, Detector):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps of the heat map, on the shallowest tap's grid. Shape: (B, C, S, S) -> (B, C', h, w)."""
-        feats = self.encoder.features(x, self.config["map_strides"])
-        size = feats[self.config["map_strides"][0]].shape[-2:]
+        feats = self.encoder.features(x, self.options.map_strides)
+        size = feats[self.options.map_strides[0]].shape[-2:]
         return torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear",
                                                                        align_corners=False)
                           for f in feats.values()], 1)
 
     @torch.no_grad()
     def _features(self, data: torch.Tensor, *, maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bs, dev = self.config["batch_size"], self.device()
+        bs, dev = self.options.batch_size, self.device()
         f, m = [], []
         for i in range(0, data.shape[0], bs):
             x = data[i:i + bs].to(dev)
@@ -231,12 +220,12 @@ class Panda(CheckpointedFit, Detector):
 
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> Panda:
-        c = self.config
+        c = self.options
         g = default_generator(generator)
         parts = []
         for i, b in enumerate(batches):
             check_images(b, f"panda.fit: training batch {i}")
-            parts.append(resize_square(b, c["image_size"]))
+            parts.append(resize_square(b, c.image_size))
         if sum(p.shape[0] for p in parts) < 2:
             raise DataError(f"panda: needs at least 2 training images, got {sum(p.shape[0] for p in parts)}")
         data = torch.cat(parts)
@@ -244,8 +233,8 @@ class Panda(CheckpointedFit, Detector):
             warnings.warn("panda adapts pre-trained features; the encoder is randomly initialised "
                           "(load ImageNet weights: det.load_encoder('imagenet') / --encoder imagenet)", stacklevel=2)
         n = data.shape[0]
-        steps = n // c["batch_size"] + (1 if n % c["batch_size"] > 1 else 0)
-        loop = FitLoop(self, g, phases=[("adapt", c["epochs"])], steps_per_epoch=steps, progress=progress)
+        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
+        loop = FitLoop(self, g, phases=[("adapt", c.epochs)], steps_per_epoch=steps, progress=progress)
         params = self._params()
         trained = set(map(id, params))
         flags = [(p, p.requires_grad) for p in self.encoder.parameters()]
@@ -255,28 +244,28 @@ class Panda(CheckpointedFit, Detector):
                 p.requires_grad_(id(p) in trained)
             if loop.saved is None:
                 self.center.copy_(self._features(data)[0].mean(0))
-                if c["regularizer"] == "ewc":
+                if c.regularizer == "ewc":
                     loop.extra = {"anchor": [p.detach().clone() for p in params],
                                   "fisher": self.fisher_diagonal(data, g)}
             dev = self.device()
             anchors = [t.to(dev) for t in loop.extra.get("anchor", [])]
             fisher = [t.to(dev) for t in loop.extra.get("fisher", [])]
-            opt = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
+            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
             def step(x: torch.Tensor, _: torch.Generator) -> dict[str, float]:
                 loss = compactness_loss(self.phi(x), self.center)
                 out = {"compact": loss.item()}
                 if fisher:
-                    ewc = ewc_penalty(params, anchors, fisher, lam=c["ewc_lambda"])
+                    ewc = ewc_penalty(params, anchors, fisher, lam=c.ewc_lambda)
                     loss = loss + ewc
                     out["ewc"] = ewc.item()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
+                torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
                 opt.step()
                 return out
 
-            self.history = loop.run("adapt", data, step, epochs=c["epochs"], batch_size=c["batch_size"],
+            self.history = loop.run("adapt", data, step, epochs=c.epochs, batch_size=c.batch_size,
                                     optimizers={"sgd": opt}, device=dev)
         finally:
             loop.close()
@@ -294,18 +283,18 @@ class Panda(CheckpointedFit, Detector):
         if int(self.n_train) == 0:
             raise MsaclError("panda: predict called before fit")
         check_images(x, "panda.predict")
-        c = self.config
+        c = self.options
         self.encoder.eval()
-        s = c["image_size"]
+        s = c.image_size
         xs = resize_square(x.to(self.device()), s)
         f = self.phi(xs)
-        scores = knn_score(self.train_features, f, k=c["k"])
+        scores = knn_score(self.train_features, f, k=c.k)
         emb = self.embed(xs).float()
-        k_img = min(c["map_images"], self.train_features.shape[0])
+        k_img = min(c.map_images, self.train_features.shape[0])
         near = torch.cdist(f, self.train_features).topk(k_img, dim=1, largest=False).indices
-        patch = torch.stack([spade_map(emb[i], self.map_bank[near[i]].float(), k=c["map_k"])
+        patch = torch.stack([spade_map(emb[i], self.map_bank[near[i]].float(), k=c.map_k)
                              for i in range(emb.shape[0])])
-        maps = to_image_map(patch, (s, s), c["sigma"])
+        maps = to_image_map(patch, (s, s), c.sigma)
         if tuple(x.shape[-2:]) != (s, s):
             maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
         return scores.to(x.device), maps.to(x.device)

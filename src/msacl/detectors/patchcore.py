@@ -16,9 +16,10 @@ al.: ``1 - softmax`` of the distances from the most anomalous patch to the neigh
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import FrozenFeatures, check_images, resize_square, to_image_map
+from msacl.detectors.options import PatchCoreOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
@@ -137,21 +139,19 @@ class PatchCore(Detector):
     Buffers: ``memory_bank`` (M, D) and ``n_train``.
     """
 
-    def __init__(self, *, backbone: str = "resnet18", image_size: int = 256,
-                 strides: Sequence[int | str] = (8, 16), coreset_ratio: float = 0.1,
-                 projection_dim: int = 128, sigma: float = 4.0, reweight: bool = False, num_neighbors: int = 9):
-        encoder = Encoder(backbone)
-        strides = check_strides(strides, encoder.spec)
-        if not 0 < float(coreset_ratio) <= 1:
-            raise MsaclError(f"patchcore: coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        super().__init__(backbone=backbone, image_size=int(image_size), strides=strides,
-                         coreset_ratio=float(coreset_ratio), projection_dim=int(projection_dim), sigma=float(sigma),
-                         reweight=bool(reweight), num_neighbors=int(num_neighbors))
+    Options: ClassVar[type[PatchCoreOptions]] = PatchCoreOptions
+    options: PatchCoreOptions
+
+    def __init__(self, options: PatchCoreOptions | None = None, /, **kwargs: Any):
+        super().__init__(options, **kwargs)
+        encoder = Encoder(self.options.backbone)
+        strides = check_strides(self.options.strides, encoder.spec)
+        self.options = dataclasses.replace(self.options, strides=strides)
         self.encoder = encoder
         # Inference runs on a BatchNorm-folded channels-last copy: ~40 % less CPU time than the plain encoder.
         self._features = FrozenFeatures()
         self.strides = strides
-        self.image_size = int(image_size)
+        self.image_size = self.options.image_size
         dim = sum(self.encoder.channels(s) for s in strides)
         self.pool = torch.nn.AvgPool2d(3, stride=1, padding=1)
         self.register_buffer("memory_bank", torch.zeros(0, dim))
@@ -199,9 +199,9 @@ class PatchCore(Detector):
             raise DataError("patchcore: no training images")
         bank = torch.cat(feats)
         del feats
-        k = max(1, int(round(bank.shape[0] * self.config["coreset_ratio"])))
+        k = max(1, int(round(bank.shape[0] * self.options.coreset_ratio)))
         if k < bank.shape[0]:
-            idx = greedy_coreset(bank, k, generator=g, projection_dim=self.config["projection_dim"])
+            idx = greedy_coreset(bank, k, generator=g, projection_dim=self.options.projection_dim)
             bank = bank[idx]
         self.memory_bank = bank.contiguous()
         self.n_train.fill_(n)
@@ -220,11 +220,11 @@ class PatchCore(Detector):
         q = e.permute(0, 2, 3, 1).reshape(-1, dim)
         dist, nn_idx = nearest_neighbour(q, self.memory_bank)
         patch = dist[:, 0].view(b, h, w)
-        maps = to_image_map(patch, (self.image_size, self.image_size), self.config["sigma"])
+        maps = to_image_map(patch, (self.image_size, self.image_size), self.options.sigma)
         if in_size != (self.image_size, self.image_size):
             maps = F.interpolate(maps, size=in_size, mode="bilinear", align_corners=False)
         scores = maps.flatten(1).amax(1)
-        if self.config["reweight"]:
+        if self.options.reweight:
             scores = scores * self.reweighting(q.view(b, h * w, dim), dist[:, 0].view(b, -1),
                                                nn_idx[:, 0].view(b, -1))
         return scores, maps
@@ -241,7 +241,7 @@ class PatchCore(Detector):
         worst = dist.argmax(1)
         m_star = patches[rows, worst]  # (B, D)
         m_nn = self.memory_bank[nn_idx[rows, worst]]  # (B, D)
-        b = min(int(self.config["num_neighbors"]), self.memory_bank.shape[0])
+        b = min(int(self.options.num_neighbors), self.memory_bank.shape[0])
         _, support = nearest_neighbour(m_nn, self.memory_bank, k=b)  # (B, b); support[:, 0] is m_nn itself
         d = torch.linalg.vector_norm(m_star.unsqueeze(1) - self.memory_bank[support], dim=-1)  # (B, b)
         return 1.0 - torch.softmax(d, dim=1)[:, 0]

@@ -1,0 +1,312 @@
+"""Typed settings of every detector, as pre-training's are typed in ``msacl.pretrain.config``.
+
+One dataclass per detector; the settings several detectors share are declared once, in the base classes:
+
+* ``DetectorOptions``: ``backbone``, ``image_size``;
+* ``FeatureOptions`` (PaDiM, PatchCore): ``strides`` (feature taps) and ``sigma`` (blur of the map);
+* ``TrainedOptions`` (the detectors that train): ``epochs``, ``batch_size``, ``lr``;
+* ``NetworkOptions`` (OCGAN, CAVGA and the two-scale ones): ``channels``, ``latent_dim``, ``width``, ``init_seed``;
+* ``TwoScaleOptions`` (IGD, MS-SSIM AE, DAE, F-anoGAN): the local patch model, ``local``, ``patch_size``,
+  ``patch_stride``, ``patches_per_image``, and ``nu`` (global against local).
+
+A detector is built from its options or from keyword arguments (``Padim(n_features=200)`` equals
+``Padim(PadimOptions(n_features=200))``); either way every value is checked against its declared type, so a
+wrong type or an unknown name is a ``ConfigError`` naming the setting. ``det.options`` holds the typed
+settings and ``det.config`` their JSON-like form, which a saved detector stores.
+
+>>> options_for("padim", n_features="200").n_features
+200
+>>> options_for("padim", n_features="abc")
+Traceback (most recent call last):
+...
+msacl.config.ConfigError: padim.n_features: expected int, got 'abc'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from msacl.config import ConfigError, from_dict, to_dict
+
+O = TypeVar("O", bound="DetectorOptions")  # noqa: E741
+
+
+def check_unit(name: str, value: float) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_positive(name: str, value: float, *, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+@dataclass
+class DetectorOptions:
+    """Settings of every detector: the encoder's backbone (its weights: ``det.load_encoder``) and the image
+    size the detector is built for."""
+
+    backbone: str = "resnet18"
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values no detector can use (subclasses add their own checks)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-like form (lists, not tuples): ``Detector.config``, what a saved detector stores."""
+        return to_dict(self)
+
+
+@dataclass
+class FeatureOptions(DetectorOptions):
+    """Detectors on the features of a frozen encoder: ``strides`` are the feature taps (4, 8, 16, 32 or layer
+    names), ``sigma`` the Gaussian blur of the pixel map (0 disables it)."""
+
+    image_size: int = 256
+    strides: list[int | str] = field(default_factory=lambda: [8, 16])
+    sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("image_size", self.image_size)
+        check_positive("sigma", self.sigma, minimum=0)
+
+
+@dataclass
+class PadimOptions(FeatureOptions):
+    """PaDiM (see ``msacl.detectors.padim.Padim``)."""
+
+    strides: list[int | str] = field(default_factory=lambda: [4, 8, 16])
+    n_features: int | None = None
+    eps: float = 0.01
+
+
+@dataclass
+class PatchCoreOptions(FeatureOptions):
+    """PatchCore (see ``msacl.detectors.patchcore.PatchCore``)."""
+
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    reweight: bool = False
+    num_neighbors: int = 9
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+
+
+@dataclass
+class TrainedOptions(DetectorOptions):
+    """Detectors that train: ``epochs`` over the training images in mini-batches of ``batch_size`` (at least
+    2: BatchNorm) with learning rate ``lr``."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+
+    def check(self) -> None:
+        super().check()
+        check_positive("epochs", self.epochs, minimum=0)
+        check_positive("batch_size", self.batch_size, minimum=2)
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class PandaOptions(TrainedOptions):
+    """PANDA (see ``msacl.detectors.panda.Panda``)."""
+
+    backbone: str = "resnet152"
+    image_size: int = 224
+    epochs: int = 15
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    grad_clip: float = 1e-3
+    k: int = 2
+    regularizer: Literal["early", "ewc"] = "early"
+    ewc_lambda: float = 1e4
+    map_strides: list[int | str] = field(default_factory=lambda: [8, 16])
+    map_images: int = 50
+    map_k: int = 1
+    sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        for name in ("k", "map_images", "map_k", "image_size"):
+            check_positive(name, getattr(self, name))
+        if self.grad_clip <= 0:
+            raise ConfigError(f"panda: grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class NetworkOptions(TrainedOptions):
+    """Detectors that train networks of their own around the encoder: images of ``channels`` channels and
+    ``image_size`` (an int or [H, W], multiples of 32), a latent of ``latent_dim``, decoders / critics of
+    ``width`` channels, initialised at construction under ``init_seed``."""
+
+    image_size: int | list[int] = 64
+    channels: int = 3
+    latent_dim: int = 128
+    width: int = 32
+    init_seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("latent_dim", self.latent_dim)
+
+
+@dataclass
+class OCGANOptions(NetworkOptions):
+    """OCGAN (see ``msacl.detectors.ocgan.OCGAN``)."""
+
+    latent_dim: int = 16
+    epochs: int = 201
+    batch_size: int = 512
+    lr: float = 2e-4
+    beta1: float = 0.5
+    noise_std: float = 0.01
+    w_latent: float = 10.0
+    w_visual: float = 1.0
+    w_rec: float = 500.0
+    mining_start: int = 150
+    mining_step: float = 2.0
+    mining_steps: int = 1
+    blur_sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("mining_start", self.mining_start, minimum=0)
+        check_positive("mining_steps", self.mining_steps, minimum=0)
+        check_positive("noise_std", self.noise_std, minimum=0)
+
+
+@dataclass
+class CAVGAOptions(NetworkOptions):
+    """CAVGA-R_u (see ``msacl.detectors.cavga.CAVGA``)."""
+
+    latent_stride: int = 16
+    w_vae: float = 1.0
+    w_adv: float = 1.0
+    w_ae: float = 0.01
+
+    def check(self) -> None:
+        super().check()
+        if self.latent_stride not in (8, 16, 32):
+            raise ConfigError(f"cavga: latent_stride must be 8, 16 or 32, got {self.latent_stride}")
+
+
+@dataclass
+class TwoScaleOptions(NetworkOptions):
+    """A global model on whole images and, with ``local``, a second one on ``patch_size`` patches cut every
+    ``patch_stride`` pixels, trained on ``patches_per_image`` random patches per image per step; ``nu`` weighs
+    the global score against the local one."""
+
+    local: bool = False
+    patch_size: int = 32
+    patch_stride: int = 16
+    patches_per_image: int = 16
+    nu: float = 0.5
+
+    def check(self) -> None:
+        super().check()
+        check_unit("nu", self.nu)
+        if self.local:
+            check_positive("patch_stride", self.patch_stride)
+            check_positive("patches_per_image", self.patches_per_image)
+
+
+@dataclass
+class IGDOptions(TwoScaleOptions):
+    """IGD (see ``msacl.detectors.igd.IGD`` for every setting)."""
+
+    epochs: int = 256
+    rho: float = 0.15
+    xi: float = 0.9
+    w_rec: float = 1.0
+    w_gauss: float = 1.0
+    w_interp: float = 0.1
+    gamma: float = 0.2
+    freeze_encoder: bool = False
+    scoring: Literal["released", "paper"] = "released"
+    xi_global: float = 0.1
+    xi_local: float = 0.9
+    beta: float = 0.5
+
+    def check(self) -> None:
+        super().check()
+        for key in ("rho", "xi", "gamma", "xi_global", "xi_local", "beta"):
+            check_unit(key, getattr(self, key))
+
+
+@dataclass
+class MSSSIMOptions(TwoScaleOptions):
+    """MS-SSIM auto-encoder (see ``msacl.detectors.autoencoder.MSSSIMAutoencoder``)."""
+
+
+@dataclass
+class DAEOptions(TwoScaleOptions):
+    """Denoising auto-encoder (see ``msacl.detectors.autoencoder.DAE``): ``noise_std`` of the training noise,
+    ``blur_sigma`` of the map."""
+
+    noise_std: float = 0.1
+    blur_sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("noise_std", self.noise_std, minimum=0)
+
+
+@dataclass
+class FAnoGANOptions(TwoScaleOptions):
+    """F-anoGAN (see ``msacl.detectors.fanogan.FAnoGAN``): ``epochs`` of the encoder after ``gan_epochs`` of
+    WGAN-GP."""
+
+    gan_epochs: int = 100
+    epochs: int = 50
+    n_critic: int = 5
+    lambda_gp: float = 10.0
+    kappa: float = 1.0
+    blur_sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("gan_epochs", self.gan_epochs, minimum=0)
+        check_positive("n_critic", self.n_critic)
+
+
+def make_options(cls: type[O], options: DetectorOptions | None = None, where: str = "",
+                 **kwargs: Any) -> O:
+    """``cls`` from an options object and / or keyword arguments, every value checked against its type.
+
+    Keyword arguments override the fields of ``options``. Raises ``ConfigError`` naming the setting.
+    """
+    data: dict[str, Any] = {}
+    if options is not None:
+        if not isinstance(options, cls):
+            raise ConfigError(f"{where or cls.__name__}: expected {cls.__name__}, got {type(options).__name__}")
+        data = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    data.update(kwargs)
+    return from_dict(cls, data, where=where)
+
+
+def options_for(name: str, **kwargs: Any) -> DetectorOptions:
+    """The options of the registered detector ``name``, defaults updated by ``kwargs`` (checked)."""
+    from msacl.detectors.base import REGISTRY
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown detector {name!r}; choose one of {sorted(REGISTRY)}")
+    return make_options(REGISTRY[name].Options, where=name, **kwargs)
+
+
+def option_names(name: str) -> list[str]:
+    """The settings of the registered detector ``name``."""
+    from msacl.detectors.base import REGISTRY
+
+    return [f.name for f in dataclasses.fields(REGISTRY[name].Options)]

@@ -1,0 +1,73 @@
+"""Typed detector settings: one dataclass per detector, used by the Python API, the CLI and the bench."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from msacl.bench.grid import PROFILES
+from msacl.bench.runner import detector_kwargs
+from msacl.config import ConfigError
+from msacl.detectors import REGISTRY, Detector, IGDOptions, Padim, PadimOptions, build_detector, options_for
+from msacl.detectors.options import TrainedOptions, TwoScaleOptions
+from msacl.errors import CheckpointError
+
+
+def test_options_object_and_keywords_build_the_same_detector():
+    by_keywords = Padim(backbone="resnet18", image_size=64, n_features=20, strides=["layer1", 16])
+    by_options = Padim(PadimOptions(backbone="resnet18", image_size=64, n_features=20, strides=[4, 16]))
+    assert by_keywords.config == by_options.config
+    assert by_keywords.options.strides == [4, 16]  # layer names are resolved to strides once, in the options
+    # keywords override an options object's fields
+    assert Padim(PadimOptions(image_size=64, n_features=20), n_features=30).options.n_features == 30
+    assert build_detector("padim", PadimOptions(image_size=64), eps=0.5).config["eps"] == 0.5
+
+
+def test_python_api_checks_types_and_names_like_the_cli():
+    with pytest.raises(ConfigError, match=r"^padim\.n_features: expected int, got 'abc'$"):
+        Padim(image_size=64, n_features="abc")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_feature'\]; valid keys are \[.*'n_features'"):
+        Padim(image_size=64, n_feature=20)
+    with pytest.raises(ConfigError, match="expected PadimOptions, got IGDOptions"):
+        Padim(IGDOptions())
+    # strings that spell a number of the right type are read as that number, as YAML would not ("1e-3")
+    assert options_for("igd", lr="1e-3", epochs="2").lr == 1e-3
+
+
+def test_settings_shared_by_detectors_are_declared_once():
+    # the 13 settings IGD, MS-SSIM AE, DAE and F-anoGAN share live in TwoScaleOptions and its bases
+    shared = {f.name for f in dataclasses.fields(TwoScaleOptions)}
+    assert {"backbone", "image_size", "channels", "latent_dim", "local", "patch_size", "patch_stride",
+            "patches_per_image", "epochs", "batch_size", "lr", "width", "init_seed"} <= shared
+    for name in ("igd", "msssim_ae", "dae", "fanogan"):
+        assert issubclass(REGISTRY[name].Options, TwoScaleOptions)
+    for name in ("ocgan", "cavga", "panda"):
+        assert issubclass(REGISTRY[name].Options, TrainedOptions)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_bench_profiles_give_valid_settings(profile):
+    p = PROFILES[profile]
+    for name in REGISTRY:
+        kw = detector_kwargs(name, p, "resnet18")
+        opts = options_for(name, **kw)
+        for key, value in p.detector_kwargs.get(name, {}).items():
+            assert getattr(opts, key) == value
+        assert opts.backbone == "resnet18"
+        if isinstance(opts, TwoScaleOptions):
+            assert opts.local is p.local
+    with pytest.raises(ConfigError, match="igd.epochs: expected int, got 'many'"):
+        detector_kwargs("igd", dataclasses.replace(p, detector_kwargs={"igd": {"epochs": "many"}}))
+
+
+def test_a_saved_detector_with_settings_this_version_lacks_is_refused_clearly(tmp_path):
+    det = Padim(image_size=64, n_features=20)
+    path = tmp_path / "old.pt"
+    torch.save({"detector": "padim", "config": {**det.config, "gone": 1}, "state_dict": det.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"old\.pt: its settings do not fit this version's padim detector"):
+        Detector.load(path)
+    # a file written with the plain-dict settings of earlier versions loads (the format did not change)
+    torch.save({"detector": "padim", "config": det.config, "state_dict": det.state_dict()}, path)
+    assert Detector.load(path).options == det.options
