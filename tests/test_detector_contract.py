@@ -1,0 +1,91 @@
+"""The contract every registered detector keeps, checked on each of them on the synthetic data set.
+
+``fit`` on normal images, then ``predict`` gives scores (N,) and maps (N, 1, H, W) of finite numbers; a saved
+detector loads and gives the same numbers; the same seed gives the same numbers; and, where a detector finds
+the synthetic lesions within a small budget, it does (image AUROC clearly above chance).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from msacl.detectors import REGISTRY, Detector, batches, build_detector, options_for
+from msacl.runs import make_generator
+
+SIZE = 32  # the smallest image every detector takes (a multiple of 32)
+# The smallest networks and budgets each option set allows: one epoch of batch 4.
+TINY = {"epochs": 1, "gan_epochs": 1, "batch_size": 4, "width": 8, "latent_dim": 16, "map_images": 4,
+        "n_features": 16, "mining_start": 0}
+
+
+def tiny(name: str, **kw) -> dict:
+    fields = options_for(name).to_dict()
+    return {k: v for k, v in TINY.items() if k in fields} | {"backbone": "resnet18", "image_size": SIZE} | kw
+
+
+def fitted(name: str, images: torch.Tensor, seed: int = 0, **kw) -> Detector:
+    torch.manual_seed(seed)  # encoders without loaded weights start from torch's global generator
+    det = build_detector(name, **tiny(name, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PANDA warns that its random-init encoder is not pre-trained
+        return det.fit(batches(images, 4), generator=make_generator(seed))
+
+
+@pytest.fixture(scope="module")
+def images(synthetic_data) -> tuple[torch.Tensor, torch.Tensor]:
+    from msacl.data import load_split
+
+    train = load_split(synthetic_data, "train", image_size=SIZE).images[:12]
+    test = load_split(synthetic_data, "test", image_size=SIZE).images
+    return train, torch.cat([test[:3], test[-3:]])  # 3 normal and 3 abnormal test images
+
+
+def test_the_registry_holds_every_detector():
+    assert sorted(REGISTRY) == sorted(["padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae", "panda", "ocgan",
+                                       "cavga"])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_shapes_round_trip_and_seed(name, images, tmp_path):
+    train, test = images
+    det = fitted(name, train)
+    scores, maps = det.predict(test)
+    assert scores.shape == (6,) and maps.shape == (6, 1, SIZE, SIZE)
+    assert scores.dtype.is_floating_point and torch.isfinite(scores).all() and torch.isfinite(maps).all()
+    assert float(scores.std()) > 0  # scores that differ between images, not a constant
+
+    det.save(tmp_path / "det.pt")
+    loaded = Detector.load(tmp_path / "det.pt")
+    assert type(loaded) is type(det) and loaded.options == det.options
+    s2, m2 = loaded.predict(test)
+    torch.testing.assert_close(s2, scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m2, maps, rtol=1e-5, atol=1e-6)
+
+    s3, m3 = fitted(name, train).predict(test)  # same seed: same numbers
+    torch.testing.assert_close(s3, scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m3, maps, rtol=1e-5, atol=1e-6)
+    s4, _ = fitted(name, train, seed=1).predict(test)  # another seed: other numbers
+    assert not torch.allclose(s4, scores)
+
+
+# The detectors that find the synthetic lesions (4 % of a 64 px image) within seconds, from a random-init
+# encoder: the feature-based ones. The trained detectors need ImageNet weights and several epochs for it; their
+# own modules test that under `-m slow` (test_ocgan, test_cavga) or test the map instead (test_panda).
+FINDS_LESIONS = {"padim": 0.75, "patchcore": 0.65}
+
+
+@pytest.mark.parametrize("name", sorted(FINDS_LESIONS))
+def test_finds_the_synthetic_lesions(name, synthetic_data):
+    from msacl.data import load_split
+
+    train = load_split(synthetic_data, "train", image_size=64)
+    test = load_split(synthetic_data, "test", image_size=64)
+    full = {"n_features": 100} if name == "padim" else {}  # PaDiM's default d for ResNet-18, not TINY's 16
+    det = fitted(name, train.images, image_size=64, **full)
+    scores, _ = det.predict(test.images)
+    auroc = roc_auc_score(test.labels.numpy(), scores.numpy())
+    assert auroc > FINDS_LESIONS[name], auroc  # chance is 0.5 (sd ~0.08 for 24 + 24 images)
