@@ -18,7 +18,6 @@ from msacl.detectors.autoencoder import (
     squared_error_score,
 )
 from msacl.detectors.base import Detector, batches
-from msacl.detectors.msssim import ms_ssim
 from msacl.detectors.patches import extract_patches, patch_grid, sample_patches, spread_patch_scores
 from msacl.detectors.training import run_epochs
 from msacl.models.decoders import Critic, Decoder, LatentAutoencoder
@@ -145,13 +144,34 @@ def test_fit_predict_save_load_and_seeds(cls, synthetic_train, tmp_path):
     assert not torch.equal(cls(**SMALL).fit(batches(x, 4), generator=make_generator(5)).predict(x[:3])[0], scores)
 
 
-def test_msssim_ae_score_is_one_minus_ms_ssim_of_its_reconstruction(synthetic_train):
-    x = synthetic_train(4, 32)
-    det = MSSSIMAutoencoder(**SMALL).fit(batches(x, 4), generator=make_generator(0))
+def _naive_ssim_at(x: torch.Tensor, y: torch.Tensor, i: int, j: int) -> float:
+    """SSIM (Wang et al. 2004, Eq. 13) at pixel (i, j) of two (C, H, W) images, mean over channels, written
+    from the definition: a 3 x 3 Gaussian window (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2 for data range 1."""
+    t = torch.arange(-1, 2, dtype=torch.float64)
+    g = torch.exp(-t**2 / (2 * 1.5**2))
+    w = torch.outer(g, g) / torch.outer(g, g).sum()
+    total = 0.0
+    for c in range(x.shape[0]):
+        p, q = x[c, i - 1:i + 2, j - 1:j + 2].double(), y[c, i - 1:i + 2, j - 1:j + 2].double()
+        mx, my = (w * p).sum(), (w * q).sum()
+        vx, vy = (w * p * p).sum() - mx**2, (w * q * q).sum() - my**2
+        cov = (w * p * q).sum() - mx * my
+        total += float((2 * mx * my + 1e-4) * (2 * cov + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4)))
+    return total / x.shape[0]
+
+
+def test_msssim_ae_score_and_map_follow_ms_ssim_and_ssim_of_its_reconstruction(synthetic_train):
+    # 64 px: five scales of a 3 x 3 window, where pytorch_msssim (an independent implementation) applies
+    x = synthetic_train(4, 64)
+    det = MSSSIMAutoencoder(**{**SMALL, "image_size": 64}).fit(batches(x, 4), generator=make_generator(0))
     with torch.no_grad():
         x_rec = det.model(x)[1]
-    ref = 1 - ms_ssim(x, x_rec)
-    assert torch.allclose(det.predict(x)[0], ref, atol=1e-6)
+    scores, maps = det.predict(x)
+    ref = 1 - pm.ms_ssim(x, x_rec, data_range=1.0, size_average=False, win_size=3)
+    assert torch.allclose(scores, ref, atol=1e-5)
+    # the map is 1 - SSIM per pixel (mean over channels)
+    for b, i, j in [(0, 1, 1), (1, 30, 17), (2, 62, 40), (3, 45, 45)]:
+        assert math.isclose(maps[b, 0, i, j].item(), 1 - _naive_ssim_at(x[b], x_rec[b], i, j), abs_tol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [MSSSIMAutoencoder, DAE])
