@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from msacl.cli.main import main
+from msacl.config import ConfigError
 from msacl.detectors import Detector, batches
 from msacl.detectors.cavga import CAVGA, attention_expansion_loss, cavga_score, grad_cam, vae_loss
 from msacl.runs import make_generator
@@ -84,9 +85,10 @@ def test_resume_equals_an_uninterrupted_fit(synthetic_train, tmp_path):
 
 
 def test_bad_settings_are_one_line_errors():
-    for kw, msg in (({"latent_stride": 4}, "latent_stride"), ({"batch_size": 1}, "batch_size"),
-                    ({"image_size": 48}, "multiple of 32")):
-        with pytest.raises(Exception, match=msg) as e:
+    for kw, error, msg in (({"latent_stride": 4}, ConfigError, "latent_stride"),
+                           ({"batch_size": 1}, ConfigError, "batch_size"),
+                           ({"image_size": 48}, ValueError, "multiple of 32")):
+        with pytest.raises(error, match=msg) as e:
             CAVGA(**kw)
         assert "\n" not in str(e.value)
 

@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from msacl.cli.main import main
+from msacl.config import ConfigError
 from msacl.detectors import Detector, batches
 from msacl.detectors.ocgan import (
     OCGAN,
@@ -101,9 +102,11 @@ def test_resume_equals_an_uninterrupted_fit(synthetic_train, tmp_path):
 
 
 def test_bad_settings_are_one_line_errors():
-    for kw, msg in (({"batch_size": 1}, "batch_size"), ({"latent_dim": 0}, "latent_dim"),
-                    ({"image_size": 40}, "multiple of 32"), ({"mining_start": -1}, "mining_start")):
-        with pytest.raises(Exception, match=msg) as e:
+    for kw, error, msg in (({"batch_size": 1}, ConfigError, "batch_size"),
+                           ({"latent_dim": 0}, ConfigError, "latent_dim"),
+                           ({"image_size": 40}, ValueError, "multiple of 32"),
+                           ({"mining_start": -1}, ConfigError, "mining_start")):
+        with pytest.raises(error, match=msg) as e:
             OCGAN(**kw)
         assert "\n" not in str(e.value)
     det = OCGAN(**SMALL)

@@ -21,6 +21,8 @@ from msacl.detectors.panda import (
     knn_score,
     spade_map,
 )
+from msacl.errors import CheckpointError, MsaclError
+from msacl.models.backbones import BackboneError
 from msacl.models.encoders import Encoder
 from msacl.runs import make_generator
 
@@ -146,18 +148,19 @@ def test_checkpoint_resume_equals_an_uninterrupted_fit(lite0_imagenet_state, syn
     assert [h["compact"] for h in rest.history] == pytest.approx([h["compact"] for h in full.history])
     other = _panda(lite0_imagenet_state, epochs=3, batch_size=8, k=5)
     other.checkpointing(tmp_path / "ck.pt", resume=True)
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(CheckpointError, match="written by a fit with other settings"):
         other.fit(batches(x, 8), generator=make_generator(5))
 
 
 def test_bad_settings_are_one_line_errors():
-    for kw, msg in (({"regularizer": "l2"}, "regularizer"), ({"epochs": -1}, "epochs"),
-                    ({"batch_size": 1}, "batch_size"), ({"lr": 0}, "lr"), ({"map_strides": [3]}, "stride")):
-        with pytest.raises(Exception, match=msg) as e:
+    for kw, error, msg in (({"regularizer": "l2"}, ConfigError, "regularizer"), ({"epochs": -1}, ConfigError, "epochs"),
+                           ({"batch_size": 1}, ConfigError, "batch_size"), ({"lr": 0}, ConfigError, "lr"),
+                           ({"map_strides": [3]}, BackboneError, "feature tap 3: choose strides")):
+        with pytest.raises(error, match=msg) as e:
             Panda(backbone=LITE0, **kw)
         assert "\n" not in str(e.value)
     assert issubclass(ConfigError, ValueError)
-    with pytest.raises(Exception, match="before fit"):
+    with pytest.raises(MsaclError, match="panda: predict called before fit"):
         Panda(backbone=LITE0, image_size=64).predict(torch.rand(1, 3, 64, 64))
 
 

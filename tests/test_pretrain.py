@@ -11,7 +11,7 @@ import torchvision
 
 from msacl.config import ConfigError
 from msacl.data.types import ImageSet
-from msacl.errors import CheckpointError
+from msacl.errors import CheckpointError, MsaclError
 from msacl.pretrain import (
     NonFiniteLossError,
     PretrainConfig,
@@ -217,7 +217,7 @@ def test_config_errors_are_clear(tmp_path):
         pretrain(_tiny("ccd", strong="nope"), _images(8), tmp_path, fabric=make_fabric("cpu"), progress=False)
     with pytest.raises(ConfigError, match="batch_size must be >= 2"):
         pretrain(PretrainConfig(batch_size=1), _images(8), tmp_path, progress=False)
-    with pytest.raises(Exception, match="only 3 training images for a batch of 4"):
+    with pytest.raises(MsaclError, match="only 3 training images for a batch of 4"):
         pretrain(_tiny("simclr"), _images(3), tmp_path, fabric=make_fabric("cpu"), progress=False)
 
 
