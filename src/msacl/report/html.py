@@ -201,11 +201,29 @@ def write_report(
     paths = [str(p) for p in paths]
     record = metrics if isinstance(metrics, Metrics) else Metrics.from_dict(dict(metrics))
     table = record.to_dict() if isinstance(metrics, Metrics) else dict(metrics)
-    decision = record.decision or DecisionMetrics()
-    pixel = record.pixel or PixelMetrics()
-    parts: list[str] = []
     skipped: list[str] = []
+    parts = [_detection_section(run_dir, s, y, score_threshold, record.decision or DecisionMetrics(), skipped)]
+    if maps is not None:
+        parts.append(_localisation_section(run_dir, images, maps, masks, s, y, paths, n_overlays,
+                                           record.pixel or PixelMetrics()))
+    else:
+        skipped.append("heat-map overlays: the detector returned no maps")
+    if features is not None:
+        ts = plot_tsne(features, y, run_dir / "tsne.png")
+        parts.append(f"<h2>Features</h2>\n{_figure(ts, 't-SNE', 't-SNE of image features.')}")
+    parts.append(f"<h2>Ranked images</h2>\n{_ranked_table(s, y, paths, min(n_overlays, s.size))}")
+    run_info = _run_section(run_dir, config)
+    if run_info:
+        parts.append(run_info)
+    page = _page(title, run_dir, table, list(record.notes) + skipped, parts)
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
 
+
+def _detection_section(run_dir: Path, s: np.ndarray, y: np.ndarray, score_threshold: float | None,
+                       decision: DecisionMetrics, skipped: list[str]) -> str:
+    """The ROC curve and the score histograms (with the decision threshold, when given)."""
     if 0 < int(y.sum()) < y.size:
         roc = plot_roc(s, y, run_dir / "roc.png")
         roc_html = _figure(roc, "ROC curve", "Image-level ROC curve; dashed: chance.")
@@ -225,28 +243,26 @@ def write_report(
                      f"normal images; on this test set it gives a false-positive rate of "
                      f"{_fmt(decision.test_fpr)} and a sensitivity of {_fmt(decision.test_sensitivity)}.")
     hist_html = _figure(hist, "Score histograms", hist_cap)
-    parts.append(f"<h2>Detection</h2>\n<div class='row'>{roc_html}{hist_html}</div>")
+    return f"<h2>Detection</h2>\n<div class='row'>{roc_html}{hist_html}</div>"
 
-    if maps is not None:
-        thr, thr_label, thr_words = pixel.threshold, "Pred", "the validation-chosen threshold"
-        if thr is None and pixel.oracle_threshold is not None:
-            thr, thr_label, thr_words = pixel.oracle_threshold, "Pred (oracle t)", "the oracle threshold"
-        ov = plot_overlays(images, maps, masks, s, paths, run_dir / "overlays.png", n=n_overlays,
-                           threshold=thr, threshold_label=thr_label, labels=y)
-        cap = ("Left: most anomalous images; right: least anomalous. Columns: image, heat map over the image"
-               + (" with the ground-truth contour (green)" if masks is not None else "")
-               + (f", prediction binarised at {thr_words} ({_fmt(thr)})" if thr is not None else "")
-               + (", ground truth" if masks is not None else "") + ".")
-        parts.append(f"<h2>Localisation</h2>\n{_figure(ov, 'Heat-map overlays', cap)}")
-    else:
-        skipped.append("heat-map overlays: the detector returned no maps")
 
-    if features is not None:
-        ts = plot_tsne(features, y, run_dir / "tsne.png")
-        parts.append(f"<h2>Features</h2>\n{_figure(ts, 't-SNE', 't-SNE of image features.')}")
+def _localisation_section(run_dir: Path, images: Any, maps: Any, masks: Any, s: np.ndarray, y: np.ndarray,
+                          paths: list[str], n_overlays: int, pixel: PixelMetrics) -> str:
+    """The heat-map overlays, binarised at the validation-chosen threshold (else the oracle one)."""
+    thr, thr_label, thr_words = pixel.threshold, "Pred", "the validation-chosen threshold"
+    if thr is None and pixel.oracle_threshold is not None:
+        thr, thr_label, thr_words = pixel.oracle_threshold, "Pred (oracle t)", "the oracle threshold"
+    ov = plot_overlays(images, maps, masks, s, paths, run_dir / "overlays.png", n=n_overlays,
+                       threshold=thr, threshold_label=thr_label, labels=y)
+    cap = ("Left: most anomalous images; right: least anomalous. Columns: image, heat map over the image"
+           + (" with the ground-truth contour (green)" if masks is not None else "")
+           + (f", prediction binarised at {thr_words} ({_fmt(thr)})" if thr is not None else "")
+           + (", ground truth" if masks is not None else "") + ".")
+    return f"<h2>Localisation</h2>\n{_figure(ov, 'Heat-map overlays', cap)}"
 
-    parts.append(f"<h2>Ranked images</h2>\n{_ranked_table(s, y, paths, min(n_overlays, s.size))}")
 
+def _run_section(run_dir: Path, config: Any) -> str | None:
+    """The run's config, command and metadata, or None when there is none of them."""
     cfg = _config_text(run_dir, config)
     run_info = []
     if cfg is not None:
@@ -255,13 +271,13 @@ def write_report(
         p = run_dir / name
         if p.is_file():
             run_info.append(f"<h3>{heading}</h3>\n<pre>{_esc(p.read_text(encoding='utf-8', errors='replace'))}</pre>")
-    if run_info:
-        parts.append("<h2>Run</h2>\n" + "\n".join(run_info))
+    return "<h2>Run</h2>\n" + "\n".join(run_info) if run_info else None
 
-    notes = list(record.notes) + skipped
+
+def _page(title: str, run_dir: Path, table: dict[str, Any], notes: list[str], parts: list[str]) -> str:
     notes_html = ("<ul class='notes'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>") if notes else ""
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -279,6 +295,3 @@ def write_report(
 </body>
 </html>
 """
-    out = run_dir / "report.html"
-    atomic_write_text(out, page)
-    return out
