@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msacl.augment import STRONG_FAMILIES, WeakAugment, build_strong
+from msacl.augment import WeakAugment, build_strong
 from msacl.augment.preview import preview_grid, save_preview
-from msacl.cli.augment_preview import FAMILY_NAMES
 from msacl.cli.main import main
 
 
@@ -47,10 +46,6 @@ def test_save_preview_writes_a_png_of_the_grid(tmp_path, c):
     img = matplotlib.image.imread(path)
     # 4 columns x (2 + 2 weak) rows of 1-inch panels at 50 dpi, plus the title band.
     assert img.shape[1] == 200 and 200 <= img.shape[0] <= 230
-
-
-def test_cli_family_list_matches_the_registry():
-    assert FAMILY_NAMES == STRONG_FAMILIES
 
 
 def test_cli_writes_the_preview(tiny_data, tmp_path, capsys):

@@ -11,6 +11,7 @@ from msacl.augment.cutpaste import CutPaste
 from msacl.augment.geometric import Jigsaw, Permutation, Rotation
 from msacl.augment.medmix import MedMix
 from msacl.augment.noise import Noise
+from msacl.names import STRONG_FAMILIES
 
 FAMILIES: dict[str, type[StrongBase]] = {
     "medmix": MedMix,
@@ -21,7 +22,8 @@ FAMILIES: dict[str, type[StrongBase]] = {
     "noise": Noise,
     "cutpaste": CutPaste,
 }
-STRONG_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+if tuple(FAMILIES) != STRONG_FAMILIES:  # the one list of names is msacl.names.STRONG_FAMILIES
+    raise ImportError(f"msacl.augment.registry.FAMILIES {tuple(FAMILIES)} differ from msacl.names.STRONG_FAMILIES")
 
 
 def build_strong(name: str, **kwargs: Any) -> StrongBase:

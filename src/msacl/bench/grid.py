@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from msacl.names import LITE0
+
 # Encoders without pre-training: name -> the weights the detector gets (the papers' baselines are ImageNet's).
 NO_PRETRAIN: dict[str, str | None] = {"random": None, "imagenet": "imagenet"}
 # Pre-training variants: name -> PretrainConfig overrides (dotted keys). They start from the profile's ``init``
@@ -198,8 +200,8 @@ def resolve_backbone(backbone: str, log=print) -> str:
         imagenet_state("resnet18")
         return "resnet18"
     except WeightsUnavailable as e:
-        log(f"[bench] backbone tf_efficientnet_lite0: {e}")
-        return "tf_efficientnet_lite0"
+        log(f"[bench] backbone {LITE0}: {e}")
+        return LITE0
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -7,8 +7,7 @@ import textwrap
 
 from msacl.cli.common import add_data, add_seed, info
 from msacl.errors import MsaclError
-
-FAMILY_NAMES = ("medmix", "rotation", "permutation", "jigsaw", "cutout", "noise", "cutpaste")
+from msacl.names import STRONG_FAMILIES
 
 
 def examples(verb: str) -> str:
@@ -26,7 +25,7 @@ def examples(verb: str) -> str:
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_data(p)
     p.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write")
-    p.add_argument("--family", default="medmix", choices=FAMILY_NAMES,
+    p.add_argument("--family", default="medmix", choices=STRONG_FAMILIES,
                    help="strong augmentation family (default: medmix)")
     p.add_argument("--option", dest="options", metavar="KEY=VALUE", action="append", default=[],
                    help="a keyword argument of the family, value parsed as YAML (repeatable), "

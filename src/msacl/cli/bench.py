@@ -9,6 +9,7 @@ from pathlib import Path
 
 from msacl.cli.common import info
 from msacl.errors import MsaclError
+from msacl.names import LITE0
 
 
 def examples(verb: str) -> str:
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = args.backbone or (profile.backbone if args.plan or args.report_only
                                  else resolve_backbone(profile.backbone, log=info))
     if backbone == "auto":  # --plan / --report-only never look for weights: read the backbone of earlier results
-        backbone = _backbone_of(Path(args.out) / "results.jsonl") or "tf_efficientnet_lite0"
+        backbone = _backbone_of(Path(args.out) / "results.jsonl") or LITE0
     profile.backbone = backbone
     jobs = plan(all_tables, datasets, seeds, backbone)
     if args.plan:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 
+from msacl.names import LAYOUTS, listed
+
 
 def examples(verb: str) -> str:
-    return """\
+    return f"""\
 examples:
-  msacl check-data data/kvasir                         # train/normal, test/{normal,abnormal,masks}
+  msacl check-data data/kvasir                         # train/normal, test/{{normal,abnormal,masks}}
   msacl check-data data/kvasir --image-size 256 --json check.json
   msacl check-data data/hyper-kvasir --layout hyper-kvasir
   msacl check-data data/covidx --layout covidx:train_file=train_COVIDx9A.txt,test_file=test_COVIDx9A.txt
   msacl check-data data/polyp-frames --splits test      # a folder with a test split only
 
-layouts: folder (default), hyper-kvasir, lag, liu, covidx; parameters as NAME:key=value,... (see docs/data.md)
+layouts: {listed(LAYOUTS, default="folder")}; parameters as NAME:key=value,... (see docs/data.md)
 exit status: 0 usable (warnings allowed), 1 at least one error
 """
 
@@ -27,7 +29,7 @@ exit status: 0 usable (warnings allowed), 1 at least one error
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="the data folder")
     p.add_argument("--layout", default="folder",
-                   help="data layout: folder (default), hyper-kvasir, lag, liu, covidx, with optional "
+                   help=f"data layout: {listed(LAYOUTS, default='folder')}, with optional "
                         "parameters, e.g. hyper-kvasir:n_train=1600,n_test_normal=500")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="size the data will be loaded at: images smaller than N x N are reported "

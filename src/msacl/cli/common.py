@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from msacl.names import LAYOUTS, LITE0, TORCHVISION_BACKBONES, listed
+
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
 
@@ -54,7 +56,7 @@ def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="DIR",
                    help="data folder with train/normal, test/normal, test/abnormal[, test/masks]")
     p.add_argument("--layout", default="folder",
-                   help="data layout: folder (default), hyper-kvasir, lag, liu, covidx")
+                   help=f"data layout: {listed(LAYOUTS, default='folder')}")
     p.add_argument("--image-size", type=int, default=None, metavar="N", help="resize images to N x N")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="channels the images are converted to (default: 3)")
@@ -66,8 +68,8 @@ def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 def add_backbone(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", "--arch", dest="backbone", default=None, metavar="NAME",
-                   help="encoder backbone: a torchvision ResNet (resnet18, resnet34, resnet50, wide_resnet50_2) or "
-                        "any timm CNN (e.g. tf_efficientnet_lite0); default: the encoder file's, else resnet18")
+                   help=f"encoder backbone: a torchvision ResNet ({', '.join(TORCHVISION_BACKBONES)}) or "
+                        f"any timm CNN (e.g. {LITE0}); default: the encoder file's, else resnet18")
 
 
 def backbone_for(given: str | None, weights: str | Path | None) -> str | None:

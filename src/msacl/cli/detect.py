@@ -38,9 +38,8 @@ from msacl.cli.common import (
     report_skipped,
 )
 from msacl.errors import DataError, MsaclError
+from msacl.names import DETECTORS
 from msacl.records import Metrics
-
-DETECTORS = ("padim", "patchcore", "igd", "fanogan", "msssim_ae", "dae", "panda", "ocgan", "cavga")
 
 _EXAMPLES = {
     "fit": """\

@@ -15,7 +15,7 @@ from msacl.errors import MsaclError
 VERBS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "validate a data folder and report counts, sizes and every problem"),
     "augment-preview": ("augment_preview", "draw a grid of the strong augmentation classes (MSACL Fig. 3)"),
-    "pretrain": ("pretrain", "self-supervised pre-training: MSACL, CCD, SimCLR or RotNet"),
+    "pretrain": ("pretrain", "self-supervised pre-training: MSACL, CCD, SimCLR, RotNet, CSI or DROC"),
     "fit": ("detect", "fit an anomaly detector (PaDiM, IGD, ...) on normal images"),
     "test": ("detect", "score a test split: metrics.json and report.html"),
     "predict": ("predict", "scores, normal/abnormal decisions and heat maps for new images"),

@@ -17,8 +17,7 @@ from msacl.cli.common import (
     report_skipped,
 )
 from msacl.errors import MsaclError
-
-METHOD_NAMES = ("msacl", "ccd", "simclr", "rotnet", "csi", "droc")
+from msacl.names import METHODS, STRONG_FAMILIES, listed
 
 
 def examples(verb: str) -> str:
@@ -41,12 +40,11 @@ they barely differ; --set loss.burnin=false freezes those of the initial encoder
 
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHOD_NAMES, default=None,
-                   help="msacl (default), ccd, simclr, rotnet, csi or droc")
+    p.add_argument("--method", choices=METHODS, default=None, help=listed(METHODS, default="msacl"))
     p.add_argument("--out", metavar="RUN", help="run directory to write")
     add_data(p, required=False)
     p.add_argument("--strong", default=None, metavar="FAMILY",
-                   help="strong augmentation: medmix, rotation, permutation, cutout, noise, jigsaw, cutpaste "
+                   help=f"strong augmentation: {', '.join(STRONG_FAMILIES)} "
                         "(default: medmix for msacl, permutation for ccd)")
     p.add_argument("--scope", choices=("global", "local"), default=None,
                    help="global: whole images (default); local: random 32 x 32 patches (--set local_size=N)")

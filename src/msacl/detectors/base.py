@@ -24,12 +24,16 @@ from msacl.config import ConfigError
 from msacl.detectors.options import DetectorOptions, make_options
 from msacl.errors import CheckpointError, MsaclError
 from msacl.models.encoders import IMAGENET
+from msacl.names import DETECTORS, check_name
 from msacl.runs import atomic_torch_save, read_torch_file
 
 REGISTRY: dict[str, type[Detector]] = {}
 
 
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
+    """Class decorator: add a detector to ``REGISTRY`` under ``name``, one of ``msacl.names.DETECTORS``."""
+    check_name("detector", name, DETECTORS)
+
     def deco(cls: type[Detector]) -> type[Detector]:
         cls.name = name
         REGISTRY[name] = cls

@@ -32,8 +32,9 @@ import torchvision
 from torch import nn
 
 from msacl.errors import MsaclError
+from msacl.names import TORCHVISION_BACKBONES
 
-TORCHVISION = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2")
+TORCHVISION = TORCHVISION_BACKBONES
 """Names built by torchvision; every other name is looked up in timm."""
 STRIDES = (4, 8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

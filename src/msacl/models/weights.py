@@ -24,8 +24,7 @@ import torch
 
 from msacl.errors import MsaclError
 from msacl.models.backbones import BackboneSpec, backbone_spec
-
-LITE0 = "tf_efficientnet_lite0"
+from msacl.names import LITE0
 
 
 class WeightsUnavailable(MsaclError):

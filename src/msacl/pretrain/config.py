@@ -13,8 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
-
-METHODS = ("msacl", "ccd", "simclr", "rotnet", "csi", "droc")
+from msacl.names import METHODS, Method  # noqa: F401  (METHODS: re-exported by msacl.pretrain)
 
 # Strong family used when ``strong`` is left empty: MedMix for MSACL (Sec. 3.2); permutation for CCD,
 # its best family on colonoscopy (CCD Sec. 3.3); RotNet rotates; SimCLR has no strong augmentation; CSI shifts
@@ -90,7 +89,7 @@ class PretrainConfig:
     batch_size / W images, and the contrastive losses see all of them.
     """
 
-    method: Literal["msacl", "ccd", "simclr", "rotnet", "csi", "droc"] = "msacl"
+    method: Method = "msacl"  # one of msacl.names.METHODS
     strong: str | None = None  # None: DEFAULT_STRONG[method]
     scope: Literal["global", "local"] = "global"
     local_size: int = 32  # side of the local model's patches (both papers)

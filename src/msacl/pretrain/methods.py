@@ -31,6 +31,7 @@ from torch import nn
 from msacl.augment import WeakAugment, build_strong
 from msacl.models.encoders import Encoder, build_encoder
 from msacl.models.heads import AugClassifier, PatchPositionHead, ProjectionHead
+from msacl.names import METHODS, check_name
 from msacl.pretrain import losses as L
 from msacl.pretrain.config import PretrainConfig
 from msacl.pretrain.patches import grid_geometry, patch_pairs, random_crops
@@ -357,13 +358,18 @@ class RotNet(Method):
         return {"aug": L.augmentation_loss(out["logits"], batch.labels)}
 
 
-METHOD_CLASSES: dict[str, type[Method]] = {m.name: m for m in (MSACL, CCD, SimCLR, RotNet)}
+METHOD_CLASSES: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Add a recipe defined in its own module (``csi``, ``droc``) to ``METHOD_CLASSES``."""
-    METHOD_CLASSES[cls.name] = cls
+    """Add a recipe to ``METHOD_CLASSES`` under its ``name``, which must be one of ``msacl.names.METHODS``
+    (``csi`` and ``droc`` register from their own modules)."""
+    METHOD_CLASSES[check_name("pre-training method", cls.name, METHODS)] = cls
     return cls
+
+
+for _cls in (MSACL, CCD, SimCLR, RotNet):
+    register_method(_cls)
 
 
 def build_method(cfg: PretrainConfig, *, image_size: int) -> Method:

@@ -11,10 +11,13 @@ from msacl.data.layouts.folder import FolderLayout, LiuLayout
 from msacl.data.layouts.hyper_kvasir import HyperKvasirLayout
 from msacl.data.layouts.lag import LagLayout
 from msacl.errors import DataError
+from msacl.names import LAYOUTS as LAYOUT_NAMES
 
 LAYOUTS: dict[str, type[Layout]] = {
     cls.name: cls for cls in (FolderLayout, HyperKvasirLayout, LagLayout, LiuLayout, CovidxLayout)
 }
+if tuple(LAYOUTS) != LAYOUT_NAMES:  # the one list of names is msacl.names.LAYOUTS
+    raise ImportError(f"msacl.data.layouts.LAYOUTS {tuple(LAYOUTS)} differ from msacl.names.LAYOUTS")
 
 
 def get_layout(spec: str | Layout) -> Layout:
