@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from msacl.detectors.common import fold_batchnorm
 from msacl.errors import MsaclError
 from msacl.models import (
     BackboneError,
@@ -16,6 +15,7 @@ from msacl.models import (
     backbone_spec,
     build_backbone,
     build_encoder,
+    fold_batchnorm,
 )
 from msacl.models.weights import lite0_package_file
 

@@ -197,7 +197,7 @@ def test_image_map_operator_equals_upsample_then_blur(hw, size):
 
 
 def test_folded_features_match_the_encoder_and_follow_new_weights():
-    from msacl.detectors.common import FrozenFeatures
+    from msacl.models import FrozenFeatures
     from msacl.models.encoders import build_encoder
 
     torch.manual_seed(0)

@@ -47,7 +47,8 @@ class PadimGraph(nn.Module):
 
     def __init__(self, det: Any):
         super().__init__()
-        from msacl.detectors.common import _axis_operator, fold_batchnorm
+        from msacl.detectors.common import _axis_operator
+        from msacl.models.features import fold_batchnorm
 
         self.encoder = fold_batchnorm(det.encoder)
         self.strides = list(det.strides)
@@ -83,7 +84,8 @@ class PatchCoreGraph(nn.Module):
 
     def __init__(self, det: Any):
         super().__init__()
-        from msacl.detectors.common import _axis_operator, fold_batchnorm
+        from msacl.detectors.common import _axis_operator
+        from msacl.models.features import fold_batchnorm
 
         if det.config.get("reweight"):
             raise MsaclError("patchcore with reweight=true cannot be exported (its second nearest-neighbour "

@@ -28,6 +28,7 @@ from msacl.detectors import REGISTRY, Detector, batches, build_detector
 from msacl.detectors.options import option_names
 from msacl.errors import DataError, MsaclError
 from msacl.records import Metrics, ThresholdRecord
+from msacl.runs import make_generator, seeded
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -82,11 +83,10 @@ class FitResult:
 def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
     """Build a detector whose random initialisation depends on ``seed`` only.
 
-    torch initialises layers from its global generator; it is forked and seeded here so that library
-    callers never see their global RNG changed and the same seed gives the same detector.
+    torch initialises layers from its global generator; it is seeded here (:func:`msacl.runs.seeded`) so
+    that library callers never see their global RNG changed and the same seed gives the same detector.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         try:
             return build_detector(name, **kwargs)
         except (TypeError, ValueError) as e:
@@ -151,7 +151,6 @@ def fit_detector(
 ) -> FitResult:
     """Fit ``det`` on the normal images of ``train`` and choose the IoU / Dice threshold (module docstring)."""
     from msacl.metrics import select_threshold
-    from msacl.runs import make_generator
 
     g = make_generator(seed)
     held = None
@@ -194,7 +193,6 @@ def test_detector(det: Detector, test: ImageSet, *, threshold: float | None = No
                   ) -> tuple[Metrics, torch.Tensor, torch.Tensor]:
     """Metrics (of ``msacl.metrics.evaluate``), scores (N,) and maps (N, 1, H, W) of a test split."""
     from msacl.metrics import evaluate
-    from msacl.runs import make_generator
 
     if len(test) == 0:
         raise DataError("no test images")

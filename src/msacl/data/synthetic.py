@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from msacl.errors import DataError
+from msacl.runs import make_generator
 
 README = """SYNTHETIC DATA - not medical images.
 
@@ -145,7 +146,7 @@ def write_synthetic(
     dirs = {k: root / k for k in ("train/normal", "test/normal", "test/abnormal", "test/masks")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(int(seed))
+    g = make_generator(seed)
     for i in range(n_train):
         _save(_tissue(size, g), dirs["train/normal"] / f"normal_{i:04d}.png", channels)
     for i in range(n_test_normal):

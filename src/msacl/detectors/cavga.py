@@ -38,19 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import check_images, evaluating
+from msacl.detectors.common import check_images
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.ocgan import bce
 from msacl.detectors.options import CAVGAOptions
-from msacl.detectors.training import (
-    collect_images,
-    default_generator,
-    randn,
-    reinit,
-    seeded,
-)
+from msacl.detectors.training import collect_images, randn, reinit
 from msacl.models.decoders import Critic, image_hw
 from msacl.models.encoders import Encoder
+from msacl.models.features import evaluating
+from msacl.runs import as_generator, seeded
 
 # ---------------------------------------------------------------- losses and maps (pure functions)
 
@@ -161,7 +157,7 @@ class CAVGA(CheckpointedFit, Detector):
             progress: bool = False) -> CAVGA:
         c, net = self.options, self.model
         data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
-        g = default_generator(generator)
+        g = as_generator(generator)
         reinit([net.mu, net.logvar, net.decoder, net.critic], g)
         n = data.shape[0]
         steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)

@@ -1,20 +1,16 @@
-"""Helpers shared by the feature-based detectors (PaDiM, PatchCore): map smoothing and layer embeddings."""
+"""Helpers shared by the detectors: map smoothing and upsampling, image checks and resizing.
+
+The feature taps (``FrozenFeatures``, ``fold_batchnorm``, ``feature_grid``) live in ``msacl.models.features``.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
-import itertools
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from msacl.errors import DataError, MsaclError
-from msacl.models.encoders import Encoder
+from msacl.errors import DataError
 
 
 def gaussian_kernel1d(sigma: float, *, dtype: torch.dtype = torch.float32,
@@ -79,27 +75,6 @@ def to_image_map(patch_map: torch.Tensor, size: tuple[int, int], sigma: float = 
     return (a_h @ patch_map @ a_w.T).unsqueeze(1)
 
 
-def feature_grid(encoder: Encoder, image_size: int, stride: int) -> int:
-    """Side of the encoder's feature map at ``stride`` for a square ``image_size`` input, by running it once."""
-    with torch.no_grad(), evaluating(encoder):
-        probe = torch.zeros(1, 3, image_size, image_size, device=encoder.mean.device)
-        f = encoder.features(probe, (stride,))[stride]
-    if f.shape[-2] != f.shape[-1]:
-        raise MsaclError(f"{encoder.name}: a square input gave a {tuple(f.shape[-2:])} feature map")
-    return int(f.shape[-1])
-
-
-@contextlib.contextmanager
-def evaluating(module: nn.Module):
-    """``module`` in eval mode for the block, then back in the mode it was in (even after an error)."""
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)
-
-
 def check_images(x: torch.Tensor, who: str, *, image_size: tuple[int, int] | None = None,
                  channels: int | None = None) -> None:
     """Raise ``DataError`` unless ``x`` is a (B, C, H, W) batch of images with finite values in [0, 1].
@@ -116,62 +91,6 @@ def check_images(x: torch.Tensor, who: str, *, image_size: tuple[int, int] | Non
     if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
         raise DataError(f"{who}: pixel values must be finite and in [0, 1] "
                         f"(got min {x.min().item():.3g}, max {x.max().item():.3g})")
-
-
-def _fold_children(module: nn.Module) -> None:
-    """Fold each BatchNorm into the convolution registered just before it, in every submodule.
-
-    Registration order is execution order in the CNN blocks of torchvision and timm (conv1 -> bn1, conv_dw
-    -> bn1, conv_pw -> bn2, downsample[0] -> downsample[1]); ``fold_batchnorm`` checks the result anyway.
-    timm's ``BatchNormAct2d`` keeps its activation (and dropout) after the folded convolution.
-    """
-    for m in list(module.modules()):
-        children = list(m.named_children())
-        for (name_c, conv), (name_b, bn) in zip(children[:-1], children[1:], strict=True):
-            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-                    and conv.out_channels == bn.num_features):
-                setattr(m, name_c, fuse_conv_bn_eval(conv, bn))
-                act = [c for c in (getattr(bn, "drop", None), getattr(bn, "act", None)) if c is not None]
-                setattr(m, name_b, nn.Sequential(*act) if act else nn.Identity())
-
-
-def fold_batchnorm(encoder: Encoder, *, check_size: int = 64) -> Encoder:
-    """An inference-only copy of ``encoder`` with every BatchNorm folded into the convolution before it.
-
-    Same outputs as ``encoder.eval()`` up to float rounding, with one pass over each activation less. The copy
-    is checked on a random batch against the plain encoder; a network whose blocks do not run in registration
-    order keeps its BatchNorms (an unfolded copy, correct and a little slower).
-    """
-    plain = copy.deepcopy(encoder).eval().requires_grad_(False)
-    enc = copy.deepcopy(plain)
-    _fold_children(enc.backbone)
-    strides = [t.stride for t in encoder.spec.taps]
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        x = torch.rand(2, 3, check_size, check_size, device=encoder.mean.device)
-        a, b = plain.features(x, strides), enc.features(x, strides)
-    same = all(torch.allclose(a[s], b[s], rtol=1e-3, atol=1e-3 * float(a[s].abs().max()) + 1e-5) for s in a)
-    return (enc if same else plain).to(memory_format=torch.channels_last).requires_grad_(False)
-
-
-class FrozenFeatures:
-    """Feature taps of a frozen encoder, run through a BatchNorm-folded, channels-last copy of it.
-
-    The copy is rebuilt whenever the encoder's tensors change (loaded weights, ``.to(device)``): every
-    in-place write bumps a tensor's version counter, so (id, version) of all tensors identifies the weights.
-    Not an ``nn.Module``, so the copy never enters the detector's state dict.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._enc: Encoder | None = None
-
-    def __call__(self, encoder: Encoder, x: torch.Tensor, strides: Sequence[int]) -> dict[int, torch.Tensor]:
-        key = tuple((id(t), t._version) for t in itertools.chain(encoder.parameters(), encoder.buffers()))
-        if key != self._key or self._enc is None:
-            self._enc, self._key = fold_batchnorm(encoder), key
-        with torch.no_grad():
-            return self._enc.features(x.contiguous(memory_format=torch.channels_last), strides)
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:

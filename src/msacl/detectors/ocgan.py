@@ -41,18 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import check_images, evaluating, gaussian_blur
+from msacl.detectors.common import check_images, gaussian_blur
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.options import OCGANOptions
-from msacl.detectors.training import (
-    collect_images,
-    default_generator,
-    rand,
-    randn,
-    reinit,
-    seeded,
-)
+from msacl.detectors.training import collect_images, rand, randn, reinit
 from msacl.models.decoders import Critic, LatentAutoencoder, image_hw
+from msacl.models.features import evaluating
+from msacl.runs import as_generator, seeded
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
 
@@ -169,7 +164,7 @@ class OCGAN(CheckpointedFit, Detector):
             progress: bool = False) -> OCGAN:
         c = self.options
         data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
-        g = default_generator(generator)
+        g = as_generator(generator)
         net = self.model
         reinit([m for name, m in net.named_children() if name != "ae"] + [net.ae.head, net.ae.decoder], g)
         n = data.shape[0]

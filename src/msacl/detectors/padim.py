@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import FrozenFeatures, check_images, feature_grid, resize_square, to_image_map
+from msacl.detectors.common import check_images, resize_square, to_image_map
 from msacl.detectors.options import PadimOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
-from msacl.runs import make_generator
+from msacl.models.features import FrozenFeatures, feature_grid
+from msacl.runs import as_generator
 
 
 def default_d(total_channels: int) -> int:
@@ -178,7 +179,7 @@ class Padim(Detector):
 
         ``generator`` None means a generator seeded with 0, so the subset is always reproducible.
         """
-        g = generator if generator is not None else make_generator(0)
+        g = as_generator(generator)
         total_c = sum(self.layer_channels)
         perm = torch.randperm(total_c, generator=g, device=g.device)[: self.n_features]
         self.channel_index.copy_(perm.sort().values.to(self.channel_index.device))

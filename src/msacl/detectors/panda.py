@@ -48,10 +48,10 @@ from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop
 from msacl.detectors.options import PandaOptions
-from msacl.detectors.training import default_generator
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides, sequential_parts
 from msacl.models.encoders import Encoder
+from msacl.runs import as_generator
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
 
@@ -221,7 +221,7 @@ class Panda(CheckpointedFit, Detector):
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> Panda:
         c = self.options
-        g = default_generator(generator)
+        g = as_generator(generator)
         parts = []
         for i, b in enumerate(batches):
             check_images(b, f"panda.fit: training batch {i}")

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
-from msacl.detectors.common import FrozenFeatures, check_images, resize_square, to_image_map
+from msacl.detectors.common import check_images, resize_square, to_image_map
 from msacl.detectors.options import PatchCoreOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
-from msacl.runs import make_generator
+from msacl.models.features import FrozenFeatures
+from msacl.runs import as_generator
 
 
 def sparse_random_projection(d_in: int, d_out: int, *, generator: torch.Generator,
@@ -184,7 +185,7 @@ class PatchCore(Detector):
 
         ``generator`` (None: seeded with 0) draws the projection and the first coreset point.
         """
-        g = generator if generator is not None else make_generator(0)
+        g = as_generator(generator)
         self.encoder.eval()
         dev = self.memory_bank.device
         feats, n = [], 0

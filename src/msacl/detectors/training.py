@@ -8,9 +8,8 @@ step, and ``run_epochs`` owns the pass over the data (shuffling, progress, learn
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from msacl.detectors.common import check_images
 from msacl.errors import DataError
-from msacl.runs import child_seed, make_generator
+from msacl.runs import child_seed, seeded
 
 StepFn = Callable[[torch.Tensor, torch.Generator], dict[str, float]]
 
@@ -92,20 +91,6 @@ def run_epochs(data: torch.Tensor, step: StepFn, *, epochs: int, batch_size: int
     finally:
         bar.close()
     return history
-
-
-def default_generator(generator: torch.Generator | None) -> torch.Generator:
-    """The caller's generator, or a fixed-seed one so that a call without it is still reproducible."""
-    return generator if generator is not None else make_generator(0)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block (module construction / re-initialisation) under a fixed seed without touching the
-    caller's global RNG state: ``torch.nn`` initialisers only draw from the global generator."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def reinit(modules: Iterable[nn.Module], generator: torch.Generator) -> None:

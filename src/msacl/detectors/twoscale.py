@@ -11,11 +11,13 @@ from torch import nn
 
 from msacl.config import ConfigError
 from msacl.detectors.base import Detector
-from msacl.detectors.common import check_images, evaluating
+from msacl.detectors.common import check_images
 from msacl.detectors.options import DetectorOptions, TwoScaleOptions
 from msacl.detectors.patches import extract_patches, in_chunks, sample_patches, spread_patch_scores
-from msacl.detectors.training import collect_images, default_generator, reinit, seeded
+from msacl.detectors.training import collect_images, reinit
 from msacl.models.decoders import image_hw
+from msacl.models.features import evaluating
+from msacl.runs import as_generator, seeded
 
 
 class TwoScaleDetector(Detector):
@@ -77,7 +79,7 @@ class TwoScaleDetector(Detector):
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> TwoScaleDetector:
         data = collect_images(batches, image_size=self.hw, channels=self.channels_, who=self.name)
-        g = default_generator(generator)
+        g = as_generator(generator)
         for _, net in self.nets():
             reinit(self.new_layers(net), g)
         self.train()

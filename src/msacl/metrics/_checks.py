@@ -117,12 +117,3 @@ def check_threshold(threshold: Any) -> float:
     if np.isnan(t):
         raise MetricError("threshold is NaN")
     return t
-
-
-def as_generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
-    """The given generator, or a fresh one seeded with ``seed`` so that results are repeatable by default."""
-    if generator is not None:
-        return generator
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g

@@ -18,13 +18,13 @@ from scipy.stats import rankdata
 
 from msacl.metrics._checks import (
     MetricError,
-    as_generator,
     check_labels,
     check_maps,
     check_masks,
     check_scores,
     require_both_classes,
 )
+from msacl.runs import as_generator
 
 # Values searched per step in the pixel AUROC; bounds the int64 temporaries to 2 x 32 MiB.
 _CHUNK = 1 << 22

@@ -9,7 +9,6 @@ import torch
 
 from msacl.metrics._checks import (
     MetricError,
-    as_generator,
     check_labels,
     check_maps,
     check_masks,
@@ -19,12 +18,7 @@ from msacl.metrics._checks import (
 from msacl.metrics.aupro import aupro
 from msacl.metrics.auroc import _auroc_from_groups, bootstrap_ci
 from msacl.metrics.segmentation import best_dice_threshold, localisation_groups, segmentation_scores, select_threshold
-
-
-def _child(g: torch.Generator) -> torch.Generator:
-    child = torch.Generator(device=g.device)
-    child.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item()))
-    return child
+from msacl.runs import as_generator, child_generator, child_seed, make_generator
 
 
 def evaluate(
@@ -86,7 +80,7 @@ def evaluate(
     s = check_scores(scores)
     y = check_labels(labels, s.size)
     g = as_generator(generator)
-    g_boot, g_groups = _child(g), _child(g)
+    g_boot, g_groups = child_generator(g), child_generator(g)
     n_abn = int(y.sum())
     out: dict[str, Any] = {
         "n_images": int(s.size),
@@ -181,11 +175,10 @@ def _segmentation_metrics(
     else:
         notes.append("no threshold chosen on validation data (threshold= or val_maps=): "
                      "IoU/Dice reported at the oracle threshold only")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    seed = child_seed(generator)
 
     def groups(t: float) -> dict[str, Any]:
-        gen = torch.Generator(device=generator.device)
-        gen.manual_seed(seed)  # same groups at both thresholds
+        gen = make_generator(seed, generator.device)  # same groups at both thresholds
         return localisation_groups(m_abn, gt_abn, t, n_groups=n_groups, group_size=group_size,
                                    generator=gen, min_area=min_area)
 

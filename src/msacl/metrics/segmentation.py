@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from msacl.metrics._checks import MetricError, as_generator, check_maps, check_masks, check_threshold
+from msacl.metrics._checks import MetricError, check_maps, check_masks, check_threshold
+from msacl.runs import as_generator
 
 _EIGHT_CONNECTED_STACK = np.zeros((3, 3, 3), dtype=bool)
 _EIGHT_CONNECTED_STACK[1] = True

@@ -32,7 +32,15 @@ from msacl.pretrain.centres import (  # noqa: F401 - centre helpers, importable 
 )
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import RunDir, atomic_torch_save, derive_seed, make_generator, read_torch_file, write_json
+from msacl.runs import (
+    RunDir,
+    atomic_torch_save,
+    derive_seed,
+    make_generator,
+    read_torch_file,
+    seeded,
+    write_json,
+)
 
 CHECKPOINT_FORMAT = "msacl-pretrain"
 CHECKPOINT_VERSION = 2
@@ -271,10 +279,9 @@ def pretrain(
         method = build_method(cfg, image_size=image_size)
     except (ValueError, TypeError) as e:  # a bad family name, family or WeakAugment option, too small images
         raise ConfigError(f"cannot set up {cfg.method} pre-training: {e}") from None
-    # torchvision initialises layers from the global RNG; fork it so the seed fixes the initial weights
-    # without touching the caller's random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, _INIT))
+    # torchvision initialises layers from the global RNG; seeded() fixes the initial weights without
+    # touching the caller's random state.
+    with seeded(derive_seed(cfg.seed, _INIT)):
         raw = method.build_network()
     # The classifier is not part of f_theta: frozen and left out of the optimiser, so encoder.pt keeps it as built.
     for name, p in raw.encoder.backbone.named_parameters():

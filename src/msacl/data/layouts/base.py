@@ -13,6 +13,7 @@ import torch
 from msacl.data.listing import Listing, Sample
 from msacl.data.problems import Problem
 from msacl.data.readers import is_hidden
+from msacl.runs import make_generator
 
 SPLITS = ("train", "val", "test")
 
@@ -100,7 +101,7 @@ def find_dirs(root: Path, names: set[str], *, max_depth: int = 5,
 
 
 def seeded_split(pool: list[Sample], n_first: int, n_second: int, seed: int) -> tuple[list[Sample], list[Sample]]:
-    g = torch.Generator().manual_seed(int(seed))
+    g = make_generator(seed)
     perm = torch.randperm(len(pool), generator=g).tolist()
     first = sorted((pool[i] for i in perm[:n_first]), key=lambda s: str(s.path))
     second = sorted((pool[i] for i in perm[n_first:n_first + n_second]), key=lambda s: str(s.path))

@@ -11,6 +11,7 @@ import torch
 from msacl.data.layouts.base import Layout, check_split, find_dirs, one_dir, seeded_split
 from msacl.data.listing import Listing, Sample, pair_masks, scan_images
 from msacl.data.problems import Problem
+from msacl.runs import make_generator
 
 
 @dataclass
@@ -88,7 +89,7 @@ class HyperKvasirLayout(Layout):
         images, probs = scan_images(seg / "images", what="polyp images")
         lst.problems += probs
         if self.n_abnormal is not None and self.n_abnormal < len(images):
-            g = torch.Generator().manual_seed(int(self.seed))
+            g = make_generator(self.seed)
             keep = sorted(torch.randperm(len(images), generator=g)[: self.n_abnormal].tolist())
             images = [images[i] for i in keep]
         samples, mprobs, n_masks = pair_masks(images, seg / "masks")
