@@ -6,10 +6,14 @@ import argparse
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msacl.cli.common import info
 from msacl.errors import MsaclError
 from msacl.names import LITE0
+
+if TYPE_CHECKING:
+    from msacl.bench.grid import Profile, Table
 
 
 def examples(verb: str) -> str:
@@ -53,15 +57,11 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
+def _profile(args: argparse.Namespace) -> Profile:
+    """A copy of ``--profile`` with ``--epochs`` and ``--precision`` applied."""
     import dataclasses
-    import time
 
-    from msacl.bench.grid import DATASETS, PROFILES, resolve_backbone, tables
-    from msacl.bench.runner import plan, read_results, run_grid
-    from msacl.bench.tables import aggregate, write_tables
-    from msacl.config import to_dict
-    from msacl.runs import RunDir
+    from msacl.bench.grid import PROFILES
 
     profile = dataclasses.replace(PROFILES[args.profile])
     if args.epochs is not None:
@@ -70,7 +70,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.epochs} pre-training epochs instead of 2000",)
     if args.precision is not None:
         profile.precision = args.precision
-    seeds = args.seeds or profile.seeds
+    return profile
+
+
+def _selection(args: argparse.Namespace, profile: Profile) -> tuple[list[Table], list[str]]:
+    """The tables (``--tables``) and data sets (``--data``) to run; an error when none of them meet."""
+    from msacl.bench.grid import DATASETS, tables
+
     all_tables = tables(profile.ablation_detector, profile.family_detector)
     if args.tables:
         unknown = sorted(set(args.tables) - {t.key for t in all_tables})
@@ -88,6 +94,21 @@ def run(args: argparse.Namespace) -> int:
     if len(idle) == len(all_tables):
         raise MsaclError(f"no job to run: the selected table(s) cover other data sets than {', '.join(datasets)}; "
                          f"table1 covers every data set")
+    return all_tables, datasets
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from msacl.bench.grid import resolve_backbone
+    from msacl.bench.runner import plan, read_results, run_grid
+    from msacl.bench.tables import aggregate, write_tables
+    from msacl.config import to_dict
+    from msacl.runs import RunDir
+
+    profile = _profile(args)
+    seeds = args.seeds or profile.seeds
+    all_tables, datasets = _selection(args, profile)
     backbone = args.backbone or (profile.backbone if args.plan or args.report_only
                                  else resolve_backbone(profile.backbone, log=info))
     if backbone == "auto":  # --plan / --report-only never look for weights: read the backbone of earlier results

@@ -25,7 +25,7 @@ import argparse
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msacl.cli.common import (
     add_backbone,
@@ -40,6 +40,13 @@ from msacl.cli.common import (
 from msacl.errors import DataError, MsaclError
 from msacl.names import DETECTORS
 from msacl.records import Metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from msacl.data.types import ImageSet
+    from msacl.detectors import Detector
+    from msacl.pipeline import FitResult
 
 _EXAMPLES = {
     "fit": """\
@@ -155,14 +162,10 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
 # ---------------------------------------------------------------------------------------------------- fit
 
 
-def _fit(args: argparse.Namespace) -> int:
-    import yaml
-
-    from msacl.data import load_split
+def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
+    """The detector's settings (config file, ``--set`` and the shared flags), the run's config and the image
+    size given (None: decided from the training images)."""
     from msacl.detectors import REGISTRY
-    from msacl.inference import source_channels
-    from msacl.pipeline import fit_detector, image_size_of, prepare_detector, resolve_device
-    from msacl.runs import RunDir, write_json
 
     if args.detector not in REGISTRY:
         raise MsaclError(f"detector {args.detector!r} is not available in this installation "
@@ -195,9 +198,12 @@ def _fit(args: argparse.Namespace) -> int:
         "holdout": args.holdout,
         "seed": args.seed,
     }
-    if args.print_config:
-        print(yaml.safe_dump(config, sort_keys=False), end="")
-        return 0
+    return kwargs, config, image_size
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    """``--out``, refused when it holds a fitted detector, lacks the checkpoint ``--resume`` needs, or is a
+    non-empty folder that is not a run (each unless ``--force``)."""
     out = Path(args.out)
     if (out / "detector.pt").exists() and not args.force:
         raise MsaclError(f"{out}: already holds a fitted detector; use another --out or --force")
@@ -206,7 +212,15 @@ def _fit(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file() and not args.force:
         raise MsaclError(f"{out}: a folder with other files in it, not an msacl run; choose an empty or new --out "
                          "(--force writes into it anyway)")
-    device = resolve_device(args.device)
+    return out
+
+
+def _fit_data(args: argparse.Namespace, image_size: int | None, config: dict) -> tuple[ImageSet, ImageSet | None]:
+    """The training images and the validation split with masks (None without one); the image size they
+    were loaded at and the sources' channels go into ``config``."""
+    from msacl.data import load_split
+    from msacl.inference import source_channels
+    from msacl.pipeline import image_size_of
 
     load = {"layout": args.layout, "channels": args.channels, "on_bad_file": args.on_bad_file,
             "cache_dir": args.cache_dir}
@@ -223,6 +237,23 @@ def _fit(args: argparse.Namespace) -> int:
         if val.masks is None or not bool(val.masks.any()):
             info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
             val = None
+    return train, val
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from msacl.pipeline import fit_detector, prepare_detector, resolve_device
+    from msacl.runs import RunDir
+
+    kwargs, config, image_size = _fit_settings(args)
+    if args.print_config:
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
+    out = _check_out(args)
+    device = resolve_device(args.device)
+    train, val = _fit_data(args, image_size, config)
+    image_size = config["data"]["image_size"]
     det, loaded = prepare_detector(args.detector, kwargs, train, seed=args.seed,
                                    encoders={"global": args.encoder, "local": args.encoder_local},
                                    flags={"global": "--encoder", "local": "--encoder-local"})
@@ -240,20 +271,28 @@ def _fit(args: argparse.Namespace) -> int:
                            batch_size=config["batch_size"], device=device, progress=not args.quiet)
     except DataError as e:
         raise DataError(f"{args.data}: {e}") from None
+    _write_fit(args, run.path, det, fit, image_size)
+    return 0
+
+
+def _write_fit(args: argparse.Namespace, path: Path, det: Detector, fit: FitResult, image_size: int) -> None:
+    """The fitted run's files (detector.pt, threshold, calibration, held-out list, fit.json) and the summary."""
+    from msacl.runs import write_json
+
     threshold, fit_s, held = fit.threshold, fit.fit_seconds, fit.held_out
     if held is not None:
-        (run.path / "holdout.txt").write_text("\n".join(held.paths) + "\n")
+        (path / "holdout.txt").write_text("\n".join(held.paths) + "\n")
     decision = None
     if fit.calibration is not None:
         from msacl.calibrate import decide
 
-        write_json(run.path / "calibration.json", fit.calibration)
+        write_json(path / "calibration.json", fit.calibration)
         decision = threshold.decision = decide(fit.calibration, args.fpr)
-    write_json(run.path / "threshold.json", threshold.to_dict())
-    det.cpu().save(run.path / "detector.pt")
-    write_json(run.path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
-                                       "n_holdout": 0 if held is None else len(held), "image_size": image_size})
-    print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {run.path / 'detector.pt'}")
+    write_json(path / "threshold.json", threshold.to_dict())
+    det.cpu().save(path / "detector.pt")
+    write_json(path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
+                                   "n_holdout": 0 if held is None else len(held), "image_size": image_size})
+    print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {path / 'detector.pt'}")
     if threshold.threshold is not None:
         print(f"threshold {threshold.threshold:.4g} ({threshold.rule})")
     if decision is not None:
@@ -263,20 +302,38 @@ def _fit(args: argparse.Namespace) -> int:
             info(f"warning: {w}")
     else:
         info("no held-out normal images: `test` and `predict` give scores but no normal/abnormal decision")
-    print(f"next: msacl test --run {run.path}")
-    return 0
+    print(f"next: msacl test --run {path}")
 
 
 # ---------------------------------------------------------------------------------------------------- test
 
 
-def _test(args: argparse.Namespace) -> int:
+def _decide(run: Path, fpr: float | None, metrics: Metrics, test: ImageSet, scores: torch.Tensor,
+            maps: torch.Tensor) -> list[str]:
+    """Normal / abnormal calls of the test images at the run's calibrated threshold (``""`` each without
+    calibration); their metrics go into ``metrics.decision`` and ``RUN/decision.json``."""
     from msacl.calibrate import evaluate_decision
+    from msacl.inference import NO_CALIBRATION, run_decision
+    from msacl.records import DecisionMetrics
+    from msacl.runs import write_json
+
+    decision = run_decision(run, fpr)
+    if decision is None:
+        info(f"note: {NO_CALIBRATION.format(run=run)}")
+        return [""] * len(scores)
+    for w in decision["warnings"]:
+        info(f"warning: {w}")
+    record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
+    metrics.decision = DecisionMetrics.from_dict(record["metrics"])
+    write_json(run / "decision.json", record)
+    return ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
+
+
+def _test(args: argparse.Namespace) -> int:
     from msacl.data import load_split
     from msacl.detectors import Detector
-    from msacl.inference import NO_CALIBRATION, open_run, read_threshold, run_decision
+    from msacl.inference import open_run, read_threshold
     from msacl.pipeline import resolve_device, test_detector
-    from msacl.records import DecisionMetrics
     from msacl.runs import write_json
 
     run, cfg = open_run(args.run)
@@ -303,17 +360,7 @@ def _test(args: argparse.Namespace) -> int:
         metrics.pixel.threshold_rule = thr.rule
     metrics.detector = cfg.get("detector")
     metrics.test_data = str(data)
-    decision = run_decision(run, args.fpr)
-    if decision is None:
-        info(f"note: {NO_CALIBRATION.format(run=run)}")
-        calls = [""] * len(scores)
-    else:
-        for w in decision["warnings"]:
-            info(f"warning: {w}")
-        record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
-        metrics.decision = DecisionMetrics.from_dict(record["metrics"])
-        write_json(run / "decision.json", record)
-        calls = ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
+    calls = _decide(run, args.fpr, metrics, test, scores, maps)
     write_json(run / "metrics.json", metrics.to_dict())
     _write_csv(run / "scores.csv", ["path", "label", "score", "decision"],
                [[p, int(l), f"{float(s):.6g}", c]
