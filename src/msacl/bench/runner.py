@@ -12,10 +12,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msacl.bench.grid import CCD_STRONG, NO_PRETRAIN, VARIANTS, Profile, Table, resolve_precision
 from msacl.errors import DataError
+
+if TYPE_CHECKING:
+    from msacl.data.types import ImageSet
+    from msacl.records import Metrics
 
 
 @dataclass(frozen=True)
@@ -130,26 +134,65 @@ def detector_kwargs(name: str, profile: Profile, backbone: str = "resnet18") -> 
     return kw
 
 
-def run_grid(
-    profile: Profile,
-    tables: list[Table],
-    data_root: Path,
-    out: Path,
-    datasets: list[str],
-    *,
-    seeds: int,
-    backbone: str = "resnet18",
-    device: str = "auto",
-    progress: bool = True,
-    log=print,
-) -> list[dict[str, Any]]:
+def _load_dataset(root: Path, image_size: int, progress: bool,
+                  log) -> tuple[ImageSet, ImageSet, ImageSet | None, int]:
+    """A data set's train, test and (when present) val splits, and the image size they were loaded at."""
+    from msacl.data import load_split
+    from msacl.pipeline import image_size_of
+
+    if not root.is_dir():
+        raise DataError(f"{root}: data set not found (pass --data-root)")
+    t0 = time.perf_counter()
+    train = load_split(root, "train", image_size=image_size, progress=progress)
+    size = image_size_of(train.images, f"{root}: the training images")
+    test = load_split(root, "test", image_size=size, progress=progress)
+    val = load_split(root, "val", image_size=size, progress=progress) if (root / "val").is_dir() else None
+    log(f"[bench] {root.name}: {len(train)} train / {len(test)} test images at {size} px "
+        f"({time.perf_counter() - t0:.1f} s to load)")
+    return train, test, val, size
+
+
+def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int, out: Path, backbone: str,
+             accelerator: str, precision: str, progress: bool, log) -> tuple[str | Path | None, float, str | None]:
+    """The encoder weights of ``job.variant`` with the seconds and precision of its pre-training: those of
+    ``NO_PRETRAIN``, or a pre-trained encoder (pre-trained now unless an earlier invocation did)."""
+    from msacl.pretrain import pretrain
+    from msacl.pretrain.engine import make_fabric
+
+    if job.variant in NO_PRETRAIN:
+        return NO_PRETRAIN[job.variant], 0.0, None
+    run_dir = out / "pretrain" / job.dataset / backbone / job.variant / f"seed{job.seed}"
+    enc_path = run_dir / "encoder.pt"
+    timing = run_dir / "pretrain_seconds.json"
+    if not enc_path.is_file():
+        cfg = pretrain_config(profile, job.dataset, job.variant, job.seed, size, backbone)
+        cfg.data.root = str(root)
+        log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs)")
+        tp = time.perf_counter()
+        fabric = make_fabric(accelerator=accelerator, precision=precision)
+        pretrain(cfg, train, run_dir, fabric=fabric, progress=progress,
+                 resume=(run_dir / "checkpoint.pt").is_file())
+        seconds = round(time.perf_counter() - tp, 1)
+        timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
+    pre = json.loads(timing.read_text()) if timing.is_file() else {}
+    return enc_path, pre.get("seconds", float("nan")), pre.get("precision", "32-true")
+
+
+def _result_line(job: Job, metrics: Metrics) -> str:
+    """The log line of a finished job: its image (and pixel) AUROC."""
+    pixel_auroc = None if metrics.pixel is None else metrics.pixel.pixel_auroc
+    return (f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
+            f"image AUROC {_fmt(metrics.image_auroc)}"
+            + (f", pixel AUROC {pixel_auroc:.3f}" if pixel_auroc is not None else ""))
+
+
+def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, datasets: list[str], *, seeds: int,
+             backbone: str = "resnet18", device: str = "auto", progress: bool = True,
+             log=print) -> list[dict[str, Any]]:
     """Run every job not yet in ``out/results.jsonl``; return all result records of the selected jobs."""
     import torch
 
-    from msacl.data import load_split
-    from msacl.pipeline import fit_detector, image_size_of, prepare_detector, resolve_device, test_detector
-    from msacl.pretrain import pretrain
-    from msacl.pretrain.engine import make_fabric
+    from msacl.pipeline import fit_detector, prepare_detector, resolve_device, test_detector
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -166,37 +209,12 @@ def run_grid(
         if not ds_jobs:
             continue
         root = data_root / dataset
-        if not root.is_dir():
-            raise DataError(f"{root}: data set not found (pass --data-root)")
-        t0 = time.perf_counter()
-        train = load_split(root, "train", image_size=profile.image_size.get(dataset, 64), progress=progress)
-        size = image_size_of(train.images, f"{root}: the training images")
-        test = load_split(root, "test", image_size=size, progress=progress)
-        val = load_split(root, "val", image_size=size, progress=progress) if (root / "val").is_dir() else None
-        log(f"[bench] {dataset}: {len(train)} train / {len(test)} test images at {size} px "
-            f"({time.perf_counter() - t0:.1f} s to load)")
+        train, test, val, size = _load_dataset(root, profile.image_size.get(dataset, 64), progress, log)
         for job in ds_jobs:
             log(progress_line(job, len(jobs) - len(todo) + len(job_seconds) + 1, len(jobs), job_seconds))
             t_job = time.perf_counter()
-            enc_path, pre_s, pre_precision = None, 0.0, None
-            if job.variant in NO_PRETRAIN:
-                enc_path = NO_PRETRAIN[job.variant]
-            else:
-                run_dir = out / "pretrain" / dataset / backbone / job.variant / f"seed{job.seed}"
-                enc_path = run_dir / "encoder.pt"
-                timing = run_dir / "pretrain_seconds.json"
-                if not enc_path.is_file():
-                    cfg = pretrain_config(profile, dataset, job.variant, job.seed, size, backbone)
-                    cfg.data.root = str(root)
-                    log(f"[bench] pre-training {job.variant} on {dataset} (seed {job.seed}, {cfg.epochs} epochs)")
-                    tp = time.perf_counter()
-                    fabric = make_fabric(accelerator=dev.type, precision=precision)
-                    pretrain(cfg, train, run_dir, fabric=fabric, progress=progress,
-                             resume=(run_dir / "checkpoint.pt").is_file())
-                    seconds = round(time.perf_counter() - tp, 1)
-                    timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
-                pre = json.loads(timing.read_text()) if timing.is_file() else {}
-                pre_s, pre_precision = pre.get("seconds", float("nan")), pre.get("precision", "32-true")
+            enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, out, backbone, dev.type,
+                                                      precision, progress, log)
             det, _ = prepare_detector(job.detector, detector_kwargs(job.detector, profile, backbone), train,
                                       seed=job.seed, encoders={"global": enc_path})
             fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
@@ -214,10 +232,7 @@ def run_grid(
             _append(results_path, rec)
             job_seconds.append(time.perf_counter() - t_job)
             done[job.key] = rec
-            pixel_auroc = None if metrics.pixel is None else metrics.pixel.pixel_auroc
-            log(f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
-                f"image AUROC {_fmt(metrics.image_auroc)}"
-                + (f", pixel AUROC {pixel_auroc:.3f}" if pixel_auroc is not None else ""))
+            log(_result_line(job, metrics))
             del det, fit
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

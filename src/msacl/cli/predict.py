@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msacl.cli.common import add_fpr, info, positive_int
 from msacl.errors import DataError
+
+if TYPE_CHECKING:
+    from msacl.inference import FittedRun
 
 _EXAMPLES = """\
 examples:
@@ -67,6 +71,29 @@ def _num(v: float | None, fmt: str = ".6g") -> str:
     return "" if v is None else format(v, fmt)
 
 
+def _read(model: FittedRun, files: list[Path], on_bad_file: str, skipped: list[tuple[str, str]]) -> list[tuple]:
+    """(file, *model.load(file)) of each readable file; an unreadable one stops (``on_bad_file="error"``) or
+    is added to ``skipped`` with its reason."""
+    loaded = []
+    for f in files:
+        try:
+            loaded.append((f, *model.load(f)))
+        except DataError as e:
+            if on_bad_file == "error":
+                raise DataError(f"{e} (--on-bad-file skip leaves such files out)") from None
+            skipped.append((str(f), str(e).split(": ", 1)[-1]))
+    return loaded
+
+
+def _heatmap_name(rel: Path, used: set[str]) -> str:
+    """A heat map's file name from the input's relative path, made unique among ``used`` (and added to it)."""
+    name = "__".join(rel.with_suffix("").parts) + "_heatmap.png"
+    while name in used:
+        name = "_" + name
+    used.add(name)
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -88,24 +115,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows, used, skipped, converted = [], set(), [], 0
     for i in tqdm(range(0, len(files), args.batch_size), desc="predict", unit="batch"):
-        loaded = []
-        for f in files[i : i + args.batch_size]:  # read per batch: memory does not grow with the folder
-            try:
-                loaded.append((f, *model.load(f)))
-            except DataError as e:
-                if args.on_bad_file == "error":
-                    raise DataError(f"{e} (--on-bad-file skip leaves such files out)") from None
-                skipped.append((str(f), str(e).split(": ", 1)[-1]))
+        # read per batch: memory does not grow with the folder
+        loaded = _read(model, files[i : i + args.batch_size], args.on_bad_file, skipped)
         if not loaded:
             continue
         scores, maps = model.score(torch.stack([x for _, x, _, _ in loaded]))
         for (f, _, img, note), s, m in zip(loaded, scores, maps, strict=True):
             p = model.finish(str(f), float(s), m, img, note)
             rel = f.relative_to(src) if src.is_dir() else Path(f.name)
-            name = "__".join(rel.with_suffix("").parts) + "_heatmap.png"
-            while name in used:
-                name = "_" + name
-            used.add(name)
+            name = _heatmap_name(rel, used)
             atomic_write_bytes(out / name, model.heatmap_png(p, title=f"{rel}  score {p.score:.4g}" + (
                 "" if p.decision is None else f"  {p.decision.upper()} (threshold {p.threshold:.4g}, "
                                               f"FPR {args.fpr:g})")))

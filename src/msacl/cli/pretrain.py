@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msacl.cli.common import (
     add_backbone,
@@ -18,6 +19,9 @@ from msacl.cli.common import (
 )
 from msacl.errors import MsaclError
 from msacl.names import METHODS, STRONG_FAMILIES, listed
+
+if TYPE_CHECKING:
+    from msacl.pretrain.config import PretrainConfig
 
 
 def examples(verb: str) -> str:
@@ -142,6 +146,29 @@ def _check_unchanged(out: Path, saved: dict, cfg) -> None:
                          f"({'; '.join(changed)}). Start a new run with --out to change them")
 
 
+def _new_run_dir(given: str | None) -> Path:
+    """``--out`` of a new run: refused when missing, when it holds a run, or when it is a folder of other files."""
+    if given is None:
+        raise MsaclError("no run directory: give --out RUN")
+    out = Path(given)
+    if (out / "checkpoint.pt").is_file():
+        raise MsaclError(f"{out} already holds a pre-training run (checkpoint.pt); "
+                         f"continue it with `msacl pretrain --resume {out}`, or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise MsaclError(f"{out}: a folder with other files in it, not an msacl run; choose an empty or new --out")
+    return out
+
+
+def _check_init(cfg: PretrainConfig) -> None:
+    """Fail before reading any data when the initial weights (``--init``) cannot be had."""
+    if cfg.model.init == "imagenet":
+        from msacl.models.weights import imagenet_state
+
+        info(f"initial weights: {imagenet_state(cfg.model.backbone)[1]}")
+    elif cfg.model.init is not None and not Path(cfg.model.init).is_file():
+        raise MsaclError(f"{cfg.model.init}: --init weights file not found")
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -158,20 +185,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.data.root is None:
         raise MsaclError("no data folder: give --data DIR (or data.root in --config)")
     if out is None:
-        if args.out is None:
-            raise MsaclError("no run directory: give --out RUN")
-        out = Path(args.out)
-        if (out / "checkpoint.pt").is_file():
-            raise MsaclError(f"{out} already holds a pre-training run (checkpoint.pt); "
-                             f"continue it with `msacl pretrain --resume {out}`, or choose another --out")
-        if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
-            raise MsaclError(f"{out}: a folder with other files in it, not an msacl run; choose an empty or new --out")
-    if cfg.model.init == "imagenet":  # fail before reading any data when the weights cannot be had
-        from msacl.models.weights import imagenet_state
-
-        info(f"initial weights: {imagenet_state(cfg.model.backbone)[1]}")
-    elif cfg.model.init is not None and not Path(cfg.model.init).is_file():
-        raise MsaclError(f"{cfg.model.init}: --init weights file not found")
+        out = _new_run_dir(args.out)
+    _check_init(cfg)
 
     from msacl.data import load_split
     from msacl.errors import DataError
