@@ -22,9 +22,9 @@ from msacl.pretrain import (
     make_fabric,
     pretrain,
 )
-from msacl.pretrain.engine import _INIT, derive_seed, learning_rate
+from msacl.pretrain.engine import initial_network, learning_rate
 from msacl.pretrain.patches import NEIGHBOURS, grid_geometry, patch_pairs, random_crops
-from msacl.runs import make_generator
+from msacl.runs import derive_seed, make_generator
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> ImageSet:
@@ -144,6 +144,20 @@ def test_schedule_and_seeds():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
 
 
+def test_initial_network_is_fixed_by_the_seed_and_freezes_the_classifier():
+    cfg = _tiny("simclr")
+    method = build_method(cfg, image_size=32)
+    rng = torch.get_rng_state()
+    a = initial_network(cfg, method)
+    assert torch.equal(torch.get_rng_state(), rng), "the caller's random state must not move"
+    b = initial_network(cfg, method)
+    other = initial_network(_tiny("simclr", seed=cfg.seed + 1), method)
+    wa, wb, wo = (n.encoder.backbone.conv1.weight for n in (a, b, other))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wo)
+    frozen = {name for name, p in a.encoder.backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {"fc.weight", "fc.bias"}
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -167,9 +181,7 @@ def test_pretrain_writes_a_complete_run(tmp_path):
     ckpt = load_checkpoint(run / "checkpoint.pt", cfg)
     assert ckpt["epoch"] == 1 and ckpt["centres"].shape == (4, 128)
     # the seed fixes the initial weights; fc is not part of f_theta and is written exactly as initialised
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(cfg.seed, _INIT))
-        initial = build_method(cfg, image_size=32).build_network().encoder.backbone.state_dict()
+    initial = initial_network(cfg, build_method(cfg, image_size=32)).encoder.backbone.state_dict()
     assert torch.equal(state["fc.weight"], initial["fc.weight"]) and torch.equal(state["fc.bias"], initial["fc.bias"])
     assert not torch.equal(state["conv1.weight"], initial["conv1.weight"])
 

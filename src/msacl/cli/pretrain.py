@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
              f"from {d.root} on {fabric.world_size} x {fabric.device.type}")
     resume = saved is not None
     if resume:
-        from msacl.pretrain.engine import load_checkpoint
+        from msacl.pretrain.checkpoint import load_checkpoint
 
         done = int(load_checkpoint(out / "checkpoint.pt", cfg)["epoch"])
         if done >= cfg.epochs and (out / "encoder.pt").is_file():

@@ -7,8 +7,9 @@
 
 from msacl.pretrain import csi, droc  # noqa: F401  (register the csi and droc recipes)
 from msacl.pretrain.centres import centre_separation, centres_and_spread
+from msacl.pretrain.checkpoint import load_checkpoint
 from msacl.pretrain.config import METHODS, PretrainConfig
-from msacl.pretrain.engine import NonFiniteLossError, load_checkpoint, make_fabric, pretrain, step_losses
+from msacl.pretrain.engine import NonFiniteLossError, make_fabric, pretrain, step_losses
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
 
 __all__ = [

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from msacl.config import ConfigError, from_dict, to_dict
+from msacl.config import ConfigError
 from msacl.data.types import ImageSet
-from msacl.errors import CheckpointError, MsaclError
+from msacl.errors import MsaclError
 from msacl.pretrain.centres import (  # noqa: F401 - centre helpers, importable from here as before
     BURNIN,
     CentreState,
@@ -30,23 +30,20 @@ from msacl.pretrain.centres import (  # noqa: F401 - centre helpers, importable 
     centres_and_spread,
     check_centres,
 )
+from msacl.pretrain.checkpoint import (  # noqa: F401 - checkpoint helpers, importable from here as before
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    restore_optimizer,
+    restore_weights,
+    save_checkpoint,
+    save_encoder,
+    trim_log,
+)
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import (
-    RunDir,
-    atomic_torch_save,
-    derive_seed,
-    make_generator,
-    read_torch_file,
-    seeded,
-    write_json,
-)
+from msacl.runs import RunDir, derive_seed, make_generator, seeded
 
-CHECKPOINT_FORMAT = "msacl-pretrain"
-CHECKPOINT_VERSION = 2
-# Settings a resumed run must share with its checkpoint; the others (epochs, lr, ...) may change.
-_RESUME_KEYS = ("method", "strong", "scope", "local_size", "batch_size", "seed", "model.backbone", "model.init",
-                "model.proj_hidden", "model.proj_dim", "model.pos_hidden")
 # Sub-streams of the run seed, so that no two uses of randomness share a generator.
 _ORDER, _AUGMENT, _CENTRES, _TSNE, _INIT = 0, 1, 2, 3, 4
 
@@ -126,97 +123,190 @@ def step_losses(
     return method.losses(out, global_batch, centres, burnin=burnin)
 
 
-def _identity(cfg: PretrainConfig) -> dict[str, Any]:
-    """The settings of _RESUME_KEYS, with the strong family as actually used (None -> the default)."""
-    flat = _flat(to_dict(cfg))
-    flat["strong"] = cfg.strong_family()
-    return {k: flat[k] for k in _RESUME_KEYS}
+def initial_network(cfg: PretrainConfig, method: Method) -> PretrainNet:
+    """The network a run with ``cfg`` starts from, the same for the same seed.
 
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in ("model", "loss", "optim", "data"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def save_checkpoint(
-    path: Path, *, cfg: PretrainConfig, raw: PretrainNet, optimizer: torch.optim.Optimizer,
-    centres: CentreState, epoch: int, global_step: int,
-) -> None:
-    """Write everything a resumed run needs, atomically (a kill mid-write leaves the previous file).
-
-    ``centres`` gives the phase, the frozen centres (None during the burn-in) and the centre checks so far.
+    torchvision initialises layers from the global RNG; the seed's own sub-stream (under seeded()) fixes the
+    initial weights without touching the caller's random state. The backbone's classifier is not part of
+    f_theta: it is frozen and left out of the optimiser, so encoder.pt keeps it as built.
     """
-    atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": to_dict(cfg),
-            "epoch": epoch,
-            "global_step": global_step,
-            "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            **centres.checkpoint(),
-        },
-        path,
-    )
+    with seeded(derive_seed(cfg.seed, _INIT)):
+        raw = method.build_network()
+    for name, p in raw.encoder.backbone.named_parameters():
+        if name.startswith(raw.encoder.spec.head_prefixes):
+            p.requires_grad_(False)
+    return raw
 
 
-def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None) -> dict[str, Any]:
-    """Read a checkpoint (weights only) and check it belongs to a run like ``cfg``."""
-    path = Path(path)
-    ckpt = read_torch_file(path, error=CheckpointError, what="checkpoint", missing="no checkpoint to resume from")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an msacl pre-training checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
-                              f"(this msacl reads version {CHECKPOINT_VERSION})")
-    if cfg is not None:
+def _steps_per_epoch(cfg: PretrainConfig, train: ImageSet, world: int) -> int:
+    """Check the training set against the batch and the processes; the number of (full) batches per epoch."""
+    n, gb = len(train), cfg.batch_size
+    if gb % world:
+        raise MsaclError(f"batch_size {gb} is not divisible by the {world} processes")
+    if n < gb:
+        raise MsaclError(f"only {n} training images for a batch of {gb}; lower --batch-size")
+    if train.images.shape[1] not in (1, 3):
+        raise MsaclError(f"training images have {train.images.shape[1]} channels; expected 1 or 3")
+    return n // gb  # the last incomplete batch is dropped: contrastive losses want full batches
+
+
+class _Run:
+    """One pre-training run, in named steps sharing its state: set-up or resume (``__init__``), the epochs
+    (each opening with the centre check of the burn-in, :mod:`msacl.pretrain.centres`), one step, the
+    checkpoints, and the end (encoder.pt, the t-SNE picture)."""
+
+    def __init__(self, cfg: PretrainConfig, train: ImageSet, out_dir: Path, fabric, *, resume: bool) -> None:
+        self.cfg, self.train, self.out_dir, self.fabric = cfg, train, out_dir, fabric
+        self.steps_per_epoch = _steps_per_epoch(cfg, train, fabric.world_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = cfg.optim.warmup_epochs * self.steps_per_epoch
+        self.local_b = cfg.batch_size // fabric.world_size
+        self.ckpt_path, self.log_path, self.enc_path = (
+            out_dir / "checkpoint.pt", out_dir / "log.jsonl", out_dir / "encoder.pt")
+        if not resume and self.ckpt_path.is_file():
+            raise MsaclError(f"{out_dir} already holds a pre-training run (checkpoint.pt); pass resume=True to "
+                             "continue it, or choose another directory")
+        ckpt = load_checkpoint(self.ckpt_path, cfg) if resume else None
+        self._build(ckpt)
+        if ckpt is not None:
+            self.start_epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
+            self.state = CentreState.from_checkpoint(ckpt, fabric.device)
+        else:
+            self.start_epoch, self.global_step = 0, 0
+            self.state = CentreState.start(cfg, self.method)
+        self.saved_epoch = self.start_epoch if ckpt is not None else None  # the epoch of checkpoint.pt
+        self._open_run_dir(resumed=ckpt is not None)
+
+    def _build(self, ckpt: dict[str, Any] | None) -> None:
+        """The method, its network and optimiser set up on the fabric, with the checkpoint's state if resuming."""
+        cfg, fabric = self.cfg, self.fabric
         try:
-            theirs = _identity(from_dict(PretrainConfig, ckpt["config"]))
-        except (ConfigError, TypeError, KeyError) as e:
-            raise CheckpointError(f"{path}: its settings cannot be read by this msacl ({e})") from None
-        ours = _identity(cfg)
-        diff = [f"{k}: checkpoint {theirs.get(k)!r}, now {ours.get(k)!r}"
-                for k in _RESUME_KEYS if theirs.get(k) != ours.get(k)]
-        if diff:
-            raise CheckpointError(f"{path}: written by a run with other settings; " + "; ".join(diff))
-    return ckpt
+            self.method = build_method(cfg, image_size=min(self.train.images.shape[-2:]))
+        except (ValueError, TypeError) as e:  # a bad family name, family or WeakAugment option, too small images
+            raise ConfigError(f"cannot set up {cfg.method} pre-training: {e}") from None
+        raw = initial_network(cfg, self.method)
+        if fabric.world_size > 1 and cfg.sync_batchnorm and fabric.device.type != "cpu":
+            raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+        if ckpt is not None:
+            restore_weights(self.ckpt_path, raw, ckpt["model"])
+        params = [p for p in raw.parameters() if p.requires_grad]
+        self.opt_raw = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                       weight_decay=cfg.optim.weight_decay)
+        self.raw = raw
+        self.model, self.optimizer = fabric.setup(raw, self.opt_raw)
+        if ckpt is not None:
+            restore_optimizer(self.ckpt_path, self.opt_raw, ckpt["optimizer"])
 
+    def _open_run_dir(self, *, resumed: bool) -> None:
+        """config.yaml, command.txt, meta.json, and log.jsonl emptied (new run) or cut at the checkpoint."""
+        if self.fabric.is_global_zero:
+            RunDir.create(self.out_dir, config=self.cfg, seed=self.cfg.seed, command="pretrain")
+            if resumed:
+                trim_log(self.log_path, self.global_step)
+            else:
+                self.log_path.write_text("")
+        self.fabric.barrier()
 
-def _load_model_state(path: Path, raw: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    try:
-        raw.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"{path}: weights do not fit this network ({detail})") from None
+    def train_epochs(self, progress: bool) -> None:
+        """The epochs left, with a progress bar on stderr and one log.jsonl line per step."""
+        from tqdm.auto import tqdm
 
-
-def save_encoder(raw: PretrainNet, path: Path) -> None:
-    """encoder.pt: the backbone's plain torchvision / timm state dict (float32, CPU, classifier untouched) with
-    its input normalisation in the metadata; the same facts in encoder.json beside it, for people."""
-    atomic_torch_save(raw.encoder.export_state(), path)
-    write_json(path.with_suffix(".json"), raw.encoder.metadata())
-
-
-def _clean_log(log: Path, upto_step: int) -> None:
-    """Keep the log lines of steps up to ``upto_step`` (a resumed run repeats the later ones)."""
-    if not log.is_file():
-        return
-    keep = []
-    for line in log.read_text().splitlines():
+        cfg, zero = self.cfg, self.fabric.is_global_zero
+        self.bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"pretrain {cfg.method}",
+                        unit="step", file=sys.stderr, dynamic_ncols=True, disable=not (progress and zero))
+        self.log = open(self.log_path, "a") if zero else None  # noqa: SIM115 - closed in finally
+        self.t0 = time.perf_counter()
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written when the run was killed
-        if rec.get("global_step", 0) <= upto_step:
-            keep.append(line)
-    log.write_text("".join(x + "\n" for x in keep))
+            self.model.train()
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self._epoch(epoch, progress)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    self._checkpoint(epoch + 1)
+        finally:
+            self.bar.close()
+            if self.log is not None:
+                self.log.close()
+
+    def _epoch(self, epoch: int, progress: bool) -> None:
+        cfg = self.cfg
+        if self.method.uses_centres and self.state.centres is None:  # the start, or a burn-in epoch's
+            check_centres(self.fabric, self.raw, self.method, self.train.images, cfg, self.state, epoch=epoch,
+                          global_step=self.global_step, seed=derive_seed(cfg.seed, _CENTRES),
+                          out=self.out_dir / "centres.json", progress=progress)
+        burnin = self.state.phase == BURNIN
+        order = torch.randperm(len(self.train), generator=make_generator(derive_seed(cfg.seed, _ORDER, epoch)))
+        for step in range(self.steps_per_epoch):
+            self._step(epoch, step, order, burnin=burnin)
+
+    def _step(self, epoch: int, step: int, order: torch.Tensor, *, burnin: bool) -> None:
+        """One optimiser step on this rank's share of global batch ``step`` of the epoch's ``order``."""
+        cfg, fabric, rank = self.cfg, self.fabric, self.fabric.global_rank
+        t_step = time.perf_counter()
+        lo = step * cfg.batch_size + rank * self.local_b
+        x = self.train.images[order[lo: lo + self.local_b]].to(fabric.device, non_blocking=True)
+        g = make_generator(derive_seed(cfg.seed, _AUGMENT, epoch, step, rank), fabric.device)
+        lr = learning_rate(cfg.optim, self.global_step, self.total_steps, self.warmup)
+        for group in self.opt_raw.param_groups:
+            group["lr"] = lr
+        batch = self.method.make_batch(x, generator=g)
+        terms = step_losses(fabric, self.model, self.method, batch, self.state.centres, burnin=burnin)
+        values = {k: v.item() for k, v in terms.items()}
+        self._check_finite(values, epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        fabric.backward(terms["loss"])
+        self.optimizer.step()
+        self.global_step += 1
+        ips = batch.encoder_images * fabric.world_size / (time.perf_counter() - t_step)
+        if self.log is not None:
+            rec = {"epoch": epoch + 1, "step": step + 1, "global_step": self.global_step, "phase": self.state.phase,
+                   "lr": lr, **values, "images_per_s": ips, "time_s": time.perf_counter() - self.t0}
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{ips:.0f}"}, refresh=False)
+        self.bar.update(1)
+
+    def _check_finite(self, values: dict[str, float], epoch: int, step: int) -> None:
+        """Stop before the optimiser step if a loss term is NaN or infinite (a term before the total)."""
+        bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"] or (
+            ["loss"] if not math.isfinite(values["loss"]) else [])
+        if not bad:
+            return
+        kept = (f"the last good checkpoint {self.ckpt_path} (after epoch {self.saved_epoch}) is kept"
+                if self.saved_epoch is not None else "no checkpoint had been written yet")
+        precision = str(getattr(self.fabric.strategy.precision, "precision", "32-true"))
+        hint = f", train in --precision 32-true instead of {precision}" if precision != "32-true" else ""
+        raise NonFiniteLossError(
+            f"loss term '{bad[0]}' is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1} "
+            f"(global step {self.global_step + 1}); training stopped and {kept}. "
+            f"Try a lower learning rate (--set optim.lr=...){hint} or check the images for NaNs"
+        )
+
+    def _checkpoint(self, epoch: int) -> None:
+        """checkpoint.pt and encoder.pt after ``epoch`` epochs (written by rank 0)."""
+        if self.fabric.is_global_zero:
+            save_checkpoint(self.ckpt_path, cfg=self.cfg, raw=self.raw, optimizer=self.opt_raw, centres=self.state,
+                            epoch=epoch, global_step=self.global_step)
+            save_encoder(self.raw, self.enc_path)
+        self.saved_epoch = epoch
+        self.fabric.barrier()
+
+    def finish(self, test: ImageSet | None) -> None:
+        """encoder.pt if a resumed run had already finished, and the t-SNE picture of ``test``."""
+        cfg, fabric = self.cfg, self.fabric
+        if not self.enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
+            save_encoder(self.raw, self.enc_path)
+        if test is not None and cfg.tsne and fabric.is_global_zero:
+            from msacl.pretrain.embedding import TSNE_TITLE, tsne_inputs
+            from msacl.report import plot_tsne
+
+            # The features are computed here; the report draws them, its title naming the seed the user gave.
+            tsne_seed = derive_seed(cfg.seed, _TSNE)
+            picked = tsne_inputs(self.raw, test, seed=tsne_seed, max_images=cfg.tsne_max_images,
+                                 batch_size=cfg.batch_size, device=fabric.device)
+            if picked is not None:
+                plot_tsne(picked[0].numpy(), picked[1].numpy(), self.out_dir / "tsne.png", seed=tsne_seed % 2**32,
+                          title=TSNE_TITLE, shown_seed=cfg.seed)
+        fabric.barrier()
 
 
 def pretrain(
@@ -249,146 +339,8 @@ def pretrain(
     Returns:
         Path of encoder.pt.
     """
-    from tqdm.auto import tqdm
-
     cfg.validate()
-    if fabric is None:
-        fabric = make_fabric()
-    out_dir = Path(out_dir)
-    world, rank = fabric.world_size, fabric.global_rank
-    n = len(train)
-    gb = cfg.batch_size
-    if gb % world:
-        raise MsaclError(f"batch_size {gb} is not divisible by the {world} processes")
-    if n < gb:
-        raise MsaclError(f"only {n} training images for a batch of {gb}; lower --batch-size")
-    if train.images.shape[1] not in (1, 3):
-        raise MsaclError(f"training images have {train.images.shape[1]} channels; expected 1 or 3")
-    local_b = gb // world
-    steps_per_epoch = n // gb  # the last incomplete batch is dropped: contrastive losses want full batches
-    total_steps = steps_per_epoch * cfg.epochs
-    image_size = min(train.images.shape[-2:])
-
-    ckpt_path, log_path, enc_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl", out_dir / "encoder.pt"
-    if not resume and ckpt_path.is_file():
-        raise MsaclError(f"{out_dir} already holds a pre-training run (checkpoint.pt); pass resume=True to continue "
-                         "it, or choose another directory")
-    ckpt = load_checkpoint(ckpt_path, cfg) if resume else None
-
-    try:
-        method = build_method(cfg, image_size=image_size)
-    except (ValueError, TypeError) as e:  # a bad family name, family or WeakAugment option, too small images
-        raise ConfigError(f"cannot set up {cfg.method} pre-training: {e}") from None
-    # torchvision initialises layers from the global RNG; seeded() fixes the initial weights without
-    # touching the caller's random state.
-    with seeded(derive_seed(cfg.seed, _INIT)):
-        raw = method.build_network()
-    # The classifier is not part of f_theta: frozen and left out of the optimiser, so encoder.pt keeps it as built.
-    for name, p in raw.encoder.backbone.named_parameters():
-        if name.startswith(raw.encoder.spec.head_prefixes):
-            p.requires_grad_(False)
-    if world > 1 and cfg.sync_batchnorm and fabric.device.type != "cpu":
-        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    if ckpt is not None:
-        _load_model_state(ckpt_path, raw, ckpt["model"])
-    params = [p for p in raw.parameters() if p.requires_grad]
-    opt_raw = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                              weight_decay=cfg.optim.weight_decay)
-    model, optimizer = fabric.setup(raw, opt_raw)
-    if ckpt is not None:
-        try:
-            opt_raw.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt_path}: optimiser state does not fit this network ({e})") from None
-    device = fabric.device
-
-    start_epoch, global_step = (ckpt["epoch"], ckpt["global_step"]) if ckpt is not None else (0, 0)
-    state = CentreState.from_checkpoint(ckpt, device) if ckpt is not None else CentreState.start(cfg, method)
-
-    if fabric.is_global_zero:
-        RunDir.create(out_dir, config=cfg, seed=cfg.seed, command="pretrain")
-        if ckpt is not None:
-            _clean_log(log_path, global_step)
-        else:
-            log_path.write_text("")
-    fabric.barrier()
-
-    warmup = cfg.optim.warmup_epochs * steps_per_epoch
-    bar = tqdm(total=total_steps, initial=global_step, desc=f"pretrain {cfg.method}", unit="step",
-               file=sys.stderr, dynamic_ncols=True, disable=not (progress and fabric.is_global_zero))
-    log = open(log_path, "a") if fabric.is_global_zero else None  # noqa: SIM115 - closed in finally
-    saved_epoch = start_epoch if ckpt is not None else None
-    t0 = time.perf_counter()
-    try:
-        model.train()
-        for epoch in range(start_epoch, cfg.epochs):
-            if method.uses_centres and state.centres is None:  # the start, or a burn-in epoch's (centres.py)
-                check_centres(fabric, raw, method, train.images, cfg, state, epoch=epoch, global_step=global_step,
-                              seed=derive_seed(cfg.seed, _CENTRES), out=out_dir / "centres.json", progress=progress)
-            burnin = state.phase == BURNIN
-            order = torch.randperm(n, generator=make_generator(derive_seed(cfg.seed, _ORDER, epoch)))
-            for step in range(steps_per_epoch):
-                t_step = time.perf_counter()
-                lo = step * gb + rank * local_b
-                x = train.images[order[lo: lo + local_b]].to(device, non_blocking=True)
-                g = make_generator(derive_seed(cfg.seed, _AUGMENT, epoch, step, rank), device)
-                lr = learning_rate(cfg.optim, global_step, total_steps, warmup)
-                for group in opt_raw.param_groups:
-                    group["lr"] = lr
-                batch = method.make_batch(x, generator=g)
-                terms = step_losses(fabric, model, method, batch, state.centres, burnin=burnin)
-                values = {k: v.item() for k, v in terms.items()}
-                bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"] or (
-                    ["loss"] if not math.isfinite(values["loss"]) else [])
-                if bad:
-                    kept = (f"the last good checkpoint {ckpt_path} (after epoch {saved_epoch}) is kept"
-                            if saved_epoch is not None else "no checkpoint had been written yet")
-                    precision = str(getattr(fabric.strategy.precision, "precision", "32-true"))
-                    hint = f", train in --precision 32-true instead of {precision}" if precision != "32-true" else ""
-                    raise NonFiniteLossError(
-                        f"loss term '{bad[0]}' is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1} "
-                        f"(global step {global_step + 1}); training stopped and {kept}. "
-                        f"Try a lower learning rate (--set optim.lr=...){hint} or check the images for NaNs"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(terms["loss"])
-                optimizer.step()
-                global_step += 1
-                dt = time.perf_counter() - t_step
-                ips = batch.encoder_images * world / dt
-                if log is not None:
-                    rec = {"epoch": epoch + 1, "step": step + 1, "global_step": global_step, "phase": state.phase,
-                           "lr": lr, **values, "images_per_s": ips, "time_s": time.perf_counter() - t0}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{ips:.0f}"},
-                                refresh=False)
-                bar.update(1)
-            last = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                if fabric.is_global_zero:
-                    save_checkpoint(ckpt_path, cfg=cfg, raw=raw, optimizer=opt_raw, centres=state,
-                                    epoch=epoch + 1, global_step=global_step)
-                    save_encoder(raw, enc_path)
-                saved_epoch = epoch + 1
-                fabric.barrier()
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-
-    if not enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
-        save_encoder(raw, enc_path)
-    if test is not None and cfg.tsne and fabric.is_global_zero:
-        from msacl.pretrain.embedding import TSNE_TITLE, tsne_inputs
-        from msacl.report import plot_tsne
-
-        # The features are computed here; the report draws them, its title naming the seed the user gave.
-        tsne_seed = derive_seed(cfg.seed, _TSNE)
-        picked = tsne_inputs(raw, test, seed=tsne_seed, max_images=cfg.tsne_max_images, batch_size=gb, device=device)
-        if picked is not None:
-            plot_tsne(picked[0].numpy(), picked[1].numpy(), out_dir / "tsne.png", seed=tsne_seed % 2**32,
-                      title=TSNE_TITLE, shown_seed=cfg.seed)
-    fabric.barrier()
-    return enc_path
-
+    run = _Run(cfg, train, Path(out_dir), make_fabric() if fabric is None else fabric, resume=resume)
+    run.train_epochs(progress)
+    run.finish(test)
+    return run.enc_path
