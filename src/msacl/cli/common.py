@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from msacl.names import LAYOUTS, LITE0, TORCHVISION_BACKBONES, listed
 
@@ -104,3 +106,14 @@ def report_skipped(run_dir: str | Path, *sets: ImageSet | None) -> None:
     n = write_skipped(run_dir, *[s for s in sets if s is not None])
     if n:
         info(f"skipped {n} unreadable file(s); listed in {Path(run_dir) / 'skipped_files.txt'}")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file (``header`` then ``rows``, newline-terminated), written atomically."""
+    from msacl.runs import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -1,4 +1,5 @@
-"""``msacl fit`` and ``msacl test``: fit a detector and evaluate it (``msacl predict`` is in ``cli.predict``).
+"""``msacl fit``: fit a detector and write its run (``msacl test`` is in ``cli.evaluate``, ``msacl predict`` in
+``cli.predict``).
 
 ``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its constructor settings, data, encoder,
 seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name, settings and state dict,
@@ -15,15 +16,11 @@ Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
   normal images, so about 1 % of normal pixels are flagged. ``--holdout 0`` fits on every training image and
   stores no threshold; ``test`` then reports only the best-Dice oracle.
 
-``test`` writes ``metrics.json``, ``decision.json``, ``scores.csv`` (path, label, score, decision) and
-``report.html`` into RUN.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +36,8 @@ from msacl.cli.common import (
 )
 from msacl.errors import DataError, MsaclError
 from msacl.names import DETECTORS
-from msacl.records import Metrics
 
 if TYPE_CHECKING:
-    import torch
-
     from msacl.data.types import ImageSet
     from msacl.detectors import Detector
     from msacl.pipeline import FitResult
@@ -64,14 +58,6 @@ own size, which must then be square and common to all).
 threshold (for IoU/Dice): best mean Dice on DIR/val when it has masks, otherwise the 0.99 quantile of the
 pixel scores of --holdout (default 10%) of train/normal, held out from fitting. Stored in RUN/threshold.json.
 """,
-    "test": """\
-examples:
-  msacl test --run runs/padim                    # the test split of the data folder the run was fitted on
-  msacl test --run runs/padim --data OTHER_DIR   # another folder with test/normal, test/abnormal[, test/masks]
-  msacl test --run runs/padim --fpr 0.01         # decide normal/abnormal at a 1% false-positive rate
-
-writes RUN/metrics.json, RUN/decision.json, RUN/scores.csv (path,label,score,decision) and RUN/report.html
-""",
 }
 
 
@@ -80,50 +66,39 @@ def examples(verb: str) -> str:
 
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
-    if verb == "fit":
-        p.add_argument("--detector", required=True, choices=DETECTORS, help="anomaly detector to fit")
-        add_data(p)
-        p.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
-        p.add_argument("--encoder", metavar="PATH|imagenet", default=None,
-                       help="encoder weights: an `msacl pretrain` run directory, its encoder.pt, a state dict of "
-                            "the backbone, or 'imagenet' (its ImageNet weights); default: random init")
-        p.add_argument("--encoder-local", metavar="PATH", default=None,
-                       help="weights of the local (32x32 patch) model's encoder, for detectors with local=true")
-        add_backbone(p)
-        p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
-                       help="images per batch (default 32)")
-        p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
-                       help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
-                            "has no val/ with masks (default 0.1; 0 = none)")
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
-        p.add_argument("--force", action="store_true", help="overwrite a run directory that has a detector")
-        p.add_argument("--resume", action="store_true",
-                       help="continue an interrupted fit from RUN/fit_checkpoint.pt (the detectors that train "
-                            "through msacl.detectors.fitloop: panda, ocgan, cavga)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--config", metavar="FILE.yaml",
-                       help="YAML mapping of detector settings (a run's config.yaml works too)")
-        p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                       help="one detector setting, e.g. --set n_features=200 or --set strides=[8,16] "
-                            "(repeatable; --print-config lists them all)")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-        add_fpr(p)
-        add_seed(p)
-    elif verb == "test":
-        p.add_argument("--run", required=True, metavar="RUN", help="run directory written by `msacl fit`")
-        add_data(p, required=False)
-        p.set_defaults(channels=None, layout=None)
-        p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                       help="images per batch (default 32)")
-        p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
-        p.add_argument("--no-report", action="store_true", help="skip report.html")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        add_fpr(p)
-        add_seed(p)
+    p.add_argument("--detector", required=True, choices=DETECTORS, help="anomaly detector to fit")
+    add_data(p)
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
+    p.add_argument("--encoder", metavar="PATH|imagenet", default=None,
+                   help="encoder weights: an `msacl pretrain` run directory, its encoder.pt, a state dict of "
+                        "the backbone, or 'imagenet' (its ImageNet weights); default: random init")
+    p.add_argument("--encoder-local", metavar="PATH", default=None,
+                   help="weights of the local (32x32 patch) model's encoder, for detectors with local=true")
+    add_backbone(p)
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="images per batch (default 32)")
+    p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
+                   help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
+                        "has no val/ with masks (default 0.1; 0 = none)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that has a detector")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fit from RUN/fit_checkpoint.pt (the detectors that train "
+                        "through msacl.detectors.fitloop: panda, ocgan, cavga)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML mapping of detector settings (a run's config.yaml works too)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="one detector setting, e.g. --set n_features=200 or --set strides=[8,16] "
+                        "(repeatable; --print-config lists them all)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_fpr(p)
+    add_seed(p)
+
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"fit": _fit, "test": _test}[args.verb](args)
+    return _fit(args)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -303,108 +278,3 @@ def _write_fit(args: argparse.Namespace, path: Path, det: Detector, fit: FitResu
     else:
         info("no held-out normal images: `test` and `predict` give scores but no normal/abnormal decision")
     print(f"next: msacl test --run {path}")
-
-
-# ---------------------------------------------------------------------------------------------------- test
-
-
-def _decide(run: Path, fpr: float | None, metrics: Metrics, test: ImageSet, scores: torch.Tensor,
-            maps: torch.Tensor) -> list[str]:
-    """Normal / abnormal calls of the test images at the run's calibrated threshold (``""`` each without
-    calibration); their metrics go into ``metrics.decision`` and ``RUN/decision.json``."""
-    from msacl.calibrate import evaluate_decision
-    from msacl.inference import NO_CALIBRATION, run_decision
-    from msacl.records import DecisionMetrics
-    from msacl.runs import write_json
-
-    decision = run_decision(run, fpr)
-    if decision is None:
-        info(f"note: {NO_CALIBRATION.format(run=run)}")
-        return [""] * len(scores)
-    for w in decision["warnings"]:
-        info(f"warning: {w}")
-    record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
-    metrics.decision = DecisionMetrics.from_dict(record["metrics"])
-    write_json(run / "decision.json", record)
-    return ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
-
-
-def _test(args: argparse.Namespace) -> int:
-    from msacl.data import load_split
-    from msacl.detectors import Detector
-    from msacl.inference import open_run, read_threshold
-    from msacl.pipeline import resolve_device, test_detector
-    from msacl.runs import write_json
-
-    run, cfg = open_run(args.run)
-    data_cfg = cfg.get("data", {})
-    data = args.data or data_cfg.get("root")
-    if not data:
-        raise MsaclError("no --data given and the run does not name its data folder")
-    size = int(data_cfg["image_size"])
-    if args.image_size is not None and args.image_size != size:
-        info(f"--image-size {args.image_size} ignored: the detector was fitted at {size} px, images are "
-             f"resized to that")
-    det = Detector.load(run / "detector.pt")
-    device = resolve_device(args.device)
-    test = load_split(data, "test", image_size=size, channels=args.channels or data_cfg.get("channels", 3),
-                      layout=args.layout or data_cfg.get("layout", "folder"), on_bad_file=args.on_bad_file,
-                      cache_dir=args.cache_dir)
-    report_skipped(run, test)
-    if len(test) == 0:
-        raise DataError(f"{data}: no test images")
-    thr = read_threshold(run)
-    metrics, scores, maps = test_detector(det, test, threshold=thr.threshold, seed=args.seed,
-                                          batch_size=args.batch_size, device=device, progress=not args.quiet)
-    if metrics.pixel is not None and thr.threshold is not None:
-        metrics.pixel.threshold_rule = thr.rule
-    metrics.detector = cfg.get("detector")
-    metrics.test_data = str(data)
-    calls = _decide(run, args.fpr, metrics, test, scores, maps)
-    write_json(run / "metrics.json", metrics.to_dict())
-    _write_csv(run / "scores.csv", ["path", "label", "score", "decision"],
-               [[p, int(l), f"{float(s):.6g}", c]
-                for p, l, s, c in zip(test.paths, test.labels, scores, calls, strict=True)])
-    report = None
-    if not args.no_report:
-        from msacl.report import write_report
-
-        report = write_report(run, images=test.images, labels=test.labels, scores=scores,
-                              maps=maps, masks=test.masks, paths=test.paths, metrics=metrics,
-                              title=f"{cfg.get('detector')} on {Path(str(data)).name}",
-                              score_threshold=None if metrics.decision is None else metrics.decision.threshold)
-    _print_summary(metrics)
-    print(f"metrics: {run / 'metrics.json'}   scores: {run / 'scores.csv'}")
-    if report is not None:
-        print(f"report:  {report}")
-    return 0
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    from msacl.runs import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _print_summary(m: Metrics) -> None:
-    line = f"{m.n_normal} normal / {m.n_abnormal} abnormal test images: image AUROC {_fmt(m.image_auroc)}"
-    if m.image_auroc_ci_low is not None:
-        line += f" [{_fmt(m.image_auroc_ci_low)}, {_fmt(m.image_auroc_ci_high)}]"
-    print(line)
-    if (p := m.pixel) is not None:
-        print(f"pixel AUROC {_fmt(p.pixel_auroc)}  AUPRO {_fmt(p.aupro)}  IoU {_fmt(p.iou)}  Dice {_fmt(p.dice)}  "
-              f"(oracle IoU {_fmt(p.iou_oracle)}  Dice {_fmt(p.dice_oracle)})")
-    if (d := m.decision) is not None and d.threshold is not None:
-        print(f"decision at FPR {d.fpr_target:g}: threshold {d.threshold:.4g} "
-              f"(n={d.n} held-out normals): test FPR {_fmt(d.test_fpr)}  sensitivity {_fmt(d.test_sensitivity)}")
-    for note in m.notes:
-        print(f"note: {note}")
-

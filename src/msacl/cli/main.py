@@ -17,7 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "augment-preview": ("augment_preview", "draw a grid of the strong augmentation classes (MSACL Fig. 3)"),
     "pretrain": ("pretrain", "self-supervised pre-training: MSACL, CCD, SimCLR, RotNet, CSI or DROC"),
     "fit": ("detect", "fit an anomaly detector (PaDiM, IGD, ...) on normal images"),
-    "test": ("detect", "score a test split: metrics.json and report.html"),
+    "test": ("evaluate", "score a test split: metrics.json and report.html"),
     "predict": ("predict", "scores, normal/abnormal decisions and heat maps for new images"),
     "export": ("export", "a fitted run as one ONNX or TorchScript graph, checked against the detector"),
     "serve": ("serve", "a fitted run as an HTTP service: POST /predict, GET /health, a web page at /"),

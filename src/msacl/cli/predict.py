@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from msacl.cli.detect import _write_csv
+    from msacl.cli.common import write_csv
     from msacl.inference import NO_CALIBRATION, FittedRun
     from msacl.pipeline import resolve_device
     from msacl.runs import atomic_write_bytes, atomic_write_text, write_json
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                          _num(p.lesion_fraction), _num(p.pixel_threshold), w, h, note, name])
     header = ["path", "score", "decision", "threshold", "fpr", "lesion_fraction", "pixel_threshold", "width",
               "height", "note", "heatmap"]
-    _write_csv(out / "scores.csv", header, rows)
+    write_csv(out / "scores.csv", header, rows)
     if skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(f"{p}\t{r}\n" for p, r in skipped))
         info(f"skipped {len(skipped)} file(s); listed in {out / 'skipped_files.txt'}")
