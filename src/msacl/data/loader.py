@@ -221,6 +221,37 @@ def _hint(root: Path, fatal: list[Problem], on_bad_file: str) -> str:
     return hint
 
 
+def _check_arguments(split: str, *, channels: int, on_bad_file: str, image_size: int | None) -> None:
+    """load_split's arguments that need no file: a DataError naming the first bad one."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if on_bad_file not in ("error", "skip"):
+        raise DataError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
+        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+
+
+def _stack(ok: list[Decoded], *, channels: int, with_masks: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The decoded images as one (N, H, W, C) tensor (uint8 when every image is, else float32 in [0, 1]) and
+    their masks as (N, 1, H, W) uint8 (zero where an image has none), or None unless ``with_masks``."""
+    dtype = np.uint8 if all(r.pixels.dtype == np.uint8 for r in ok) else np.float32  # type: ignore[union-attr]
+    h, w = ok[0].pixels.shape[:2]  # type: ignore[union-attr]
+    arr = np.empty((len(ok), h, w, channels), dtype=dtype)
+    for i, r in enumerate(ok):
+        px = r.pixels
+        arr[i] = px if px.dtype == dtype else px.astype(np.float32) / 255.0  # type: ignore[union-attr]
+    raw = torch.from_numpy(arr)  # (N, H, W, C): permuted once, when converted to float
+    masks = None
+    if with_masks:
+        masks = torch.zeros(len(ok), 1, h, w, dtype=torch.uint8)
+        for i, r in enumerate(ok):
+            if r.mask is not None:
+                masks[i, 0] = torch.from_numpy(np.array(r.mask, dtype=np.uint8))
+    return raw, masks
+
+
 def load_split(
     root: str | os.PathLike[str],
     split: str,
@@ -260,14 +291,7 @@ def load_split(
     >>> # train = load_split("data/kvasir", "train", image_size=256)
     >>> # test = load_split("data/kvasir", "test", image_size=256); test.masks.shape -> (N, 1, 256, 256)
     """
-    if split not in SPLITS:
-        raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    if on_bad_file not in ("error", "skip"):
-        raise DataError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
-    if image_size is not None and (int(image_size) != image_size or image_size < 1):
-        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+    _check_arguments(split, channels=channels, on_bad_file=on_bad_file, image_size=image_size)
     lay = get_layout(layout)
     size = int(image_size) if image_size is not None else lay.default_image_size
     root = Path(root)
@@ -298,19 +322,7 @@ def load_split(
                         f"({len(problems)} problems; `msacl check-data {root}` lists them)")
     emit_warnings(problems)
 
-    dtype = np.uint8 if all(r.pixels.dtype == np.uint8 for r in ok) else np.float32  # type: ignore[union-attr]
-    h, w = ok[0].pixels.shape[:2]  # type: ignore[union-attr]
-    arr = np.empty((len(ok), h, w, channels), dtype=dtype)
-    for i, r in enumerate(ok):
-        px = r.pixels
-        arr[i] = px if px.dtype == dtype else px.astype(np.float32) / 255.0  # type: ignore[union-attr]
-    raw = torch.from_numpy(arr)  # (N, H, W, C): permuted once, when converted to float
-    masks = None
-    if listing.masks_expected:
-        masks = torch.zeros(len(ok), 1, h, w, dtype=torch.uint8)
-        for i, r in enumerate(ok):
-            if r.mask is not None:
-                masks[i, 0] = torch.from_numpy(np.array(r.mask, dtype=np.uint8))
+    raw, masks = _stack(ok, channels=channels, with_masks=listing.masks_expected)
     data = {
         "key": key, "images": raw, "labels": torch.tensor([r.sample.label for r in ok], dtype=torch.long),
         "masks": masks, "paths": [str(r.sample.path) for r in ok],

@@ -136,6 +136,25 @@ class UploadError(Exception):
         self.status, self.detail = status, detail
 
 
+def _not_ready(svc: Service) -> JSONResponse | None:
+    """The answer while the run is not loaded (503 loading, 500 failed to load), or None once it is."""
+    if not svc.ready.is_set():
+        return JSONResponse({"status": "loading", "detail": "the model is loading"}, status_code=503)
+    if svc.error is not None:
+        return JSONResponse({"status": "error", "detail": svc.error}, status_code=500)
+    return None
+
+
+def _oversized(svc: Service, request: Request) -> JSONResponse | None:
+    """413 for a /predict request whose Content-Length is over the limit (before its body is read), else None."""
+    size = request.headers.get("content-length", "")
+    # the multipart envelope adds a few hundred bytes to the file; 64 KiB of slack never refuses a legal file
+    if request.url.path == "/predict" and size.isdigit() and int(size) > svc.max_bytes + 65536:
+        return JSONResponse({"detail": f"upload of {int(size)} bytes is larger than the {svc.max_bytes} byte "
+                                       f"limit (msacl serve --max-upload-mb)"}, status_code=413)
+    return None
+
+
 def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", convert_channels: bool = False,
                max_bytes: int = MAX_UPLOAD_BYTES, load_in_background: bool = True) -> Any:
     """The FastAPI application serving ``run`` (see the module docstring).
@@ -170,23 +189,12 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
 
     @app.middleware("http")
     async def limit_size(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length", "")
-        # the multipart envelope adds a few hundred bytes to the file; 64 KiB of slack never refuses a legal file
-        if request.url.path == "/predict" and size.isdigit() and int(size) > svc.max_bytes + 65536:
-            return JSONResponse({"detail": f"upload of {int(size)} bytes is larger than the {svc.max_bytes} byte "
-                                           f"limit (msacl serve --max-upload-mb)"}, status_code=413)
-        return await call_next(request)
-
-    def not_ready() -> JSONResponse | None:
-        if not svc.ready.is_set():
-            return JSONResponse({"status": "loading", "detail": "the model is loading"}, status_code=503)
-        if svc.error is not None:
-            return JSONResponse({"status": "error", "detail": svc.error}, status_code=500)
-        return None
+        refused = _oversized(svc, request)
+        return refused if refused is not None else await call_next(request)
 
     @app.get("/health")
     def health() -> Any:
-        waiting = not_ready()
+        waiting = _not_ready(svc)
         if waiting is not None:
             return waiting
         return {"status": "ok", "loads": svc.loads, "requests": svc.requests, "load_seconds": svc.load_seconds,
@@ -194,7 +202,7 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile = File(...), heatmap: bool = Query(True)) -> Any:  # noqa: B008
-        waiting = not_ready()
+        waiting = _not_ready(svc)
         if waiting is not None:
             return waiting
         name = Path(file.filename or "upload").name
