@@ -256,6 +256,20 @@ def test_fit_refuses_a_setting_of_the_wrong_type_in_one_line(synthetic_data, cap
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("detector, given, got", [
+    ("dae", ["--set", "image_size=50"], "50"),
+    ("ocgan", ["--image-size", "50"], "50"),
+    ("cavga", ["--set", "image_size=[64, 48]"], "[64, 48]"),
+])
+def test_fit_refuses_an_image_size_the_decoders_cannot_build_in_one_line(synthetic_data, capsys, tmp_path, detector,
+                                                                         given, got):
+    code, out, err = cli(capsys, "fit", "--detector", detector, "--data", synthetic_data, "--out", tmp_path / "r",
+                         "--quiet", *given)
+    assert code == 1 and out == ""
+    assert err == f"msacl fit: error: image_size must be a multiple of 32 (at least 32), got {got}\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_checks_a_config_file_like_set(synthetic_data, capsys, tmp_path):
     (tmp_path / "padim.yaml").write_text("n_features: 20\nsigma: wide\n")
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",

@@ -11,7 +11,7 @@ from msacl.bench.grid import PROFILES
 from msacl.bench.runner import detector_kwargs
 from msacl.config import ConfigError
 from msacl.detectors import REGISTRY, Detector, IGDOptions, Padim, PadimOptions, build_detector, options_for
-from msacl.detectors.options import TrainedOptions, TwoScaleOptions
+from msacl.detectors.options import NetworkOptions, TrainedOptions, TwoScaleOptions
 from msacl.errors import CheckpointError
 
 
@@ -34,6 +34,20 @@ def test_python_api_checks_types_and_names_like_the_cli():
         Padim(IGDOptions())
     # strings that spell a number of the right type are read as that number, as YAML would not ("1e-3")
     assert options_for("igd", lr="1e-3", epochs="2").lr == 1e-3
+
+
+def test_network_detectors_check_their_image_size_in_the_options():
+    network = [name for name in REGISTRY if issubclass(REGISTRY[name].Options, NetworkOptions)]
+    assert {"igd", "msssim_ae", "dae", "fanogan", "ocgan", "cavga"} <= set(network)
+    for name in network:
+        for bad in (50, 16, [64, 48], [64]):
+            with pytest.raises(ConfigError, match=r"^image_size must be (a multiple of 32|an int or \[H, W\])"):
+                options_for(name, image_size=bad)
+        assert options_for(name, image_size=[64, 96]).image_size == [64, 96]
+    with pytest.raises(ConfigError, match="^patch_size must be a multiple of 32 .*got 20$"):
+        options_for("dae", local=True, patch_size=20)
+    assert options_for("dae", patch_size=20).patch_size == 20  # unused without local
+    assert options_for("padim", image_size=50).image_size == 50  # feature detectors take any size
 
 
 def test_settings_shared_by_detectors_are_declared_once():

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from msacl.config import ConfigError
 from msacl.data.types import ImageSet
 from msacl.detectors import REGISTRY, Detector, batches, build_detector
 from msacl.detectors.options import option_names
@@ -89,6 +90,8 @@ def build_seeded(name: str, kwargs: dict[str, Any], seed: int) -> Detector:
     with seeded(seed):
         try:
             return build_detector(name, **kwargs)
+        except ConfigError:
+            raise  # already one line naming the setting
         except (TypeError, ValueError) as e:
             raise MsaclError(f"{name}: {e}") from None
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from msacl.config import ConfigError, from_dict, to_dict
+from msacl.models.decoders import STRIDE
 
 O = TypeVar("O", bound="DetectorOptions")  # noqa: E741
 
@@ -41,6 +42,15 @@ def check_unit(name: str, value: float) -> None:
 def check_positive(name: str, value: float, *, minimum: float = 1) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_image_size(name: str, value: int | list[int]) -> None:
+    """An image (or patch) size the decoders can build: an int or [H, W], each a multiple of 32 (at least 32)."""
+    sizes = [value] if isinstance(value, int) else list(value)
+    if len(sizes) not in (1, 2) or (len(sizes) == 1 and not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an int or [H, W], got {value}")
+    if any(s < STRIDE or s % STRIDE for s in sizes):
+        raise ConfigError(f"{name} must be a multiple of {STRIDE} (at least {STRIDE}), got {value}")
 
 
 @dataclass
@@ -159,6 +169,7 @@ class NetworkOptions(TrainedOptions):
 
     def check(self) -> None:
         super().check()
+        check_image_size("image_size", self.image_size)
         check_positive("latent_dim", self.latent_dim)
 
 
@@ -218,6 +229,7 @@ class TwoScaleOptions(NetworkOptions):
         super().check()
         check_unit("nu", self.nu)
         if self.local:
+            check_image_size("patch_size", self.patch_size)
             check_positive("patch_stride", self.patch_stride)
             check_positive("patches_per_image", self.patches_per_image)
 

@@ -42,12 +42,7 @@ class TwoScaleDetector(Detector):
     def __init__(self, options: DetectorOptions | None = None, /, **kwargs: Any):
         super().__init__(options, **kwargs)
         o = self.options
-        try:
-            self.hw = image_hw(o.image_size)
-            if o.local:
-                image_hw(o.patch_size)
-        except ValueError as e:
-            raise ConfigError(f"{self.name}: {e}") from None
+        self.hw = image_hw(o.image_size)  # a multiple of 32, as the options checked (and patch_size if local)
         if o.local and o.patch_size > min(self.hw):
             raise ConfigError(f"patch_size {o.patch_size} is larger than the image ({self.hw[0]} x {self.hw[1]})")
         self.channels_ = o.channels
