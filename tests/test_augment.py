@@ -237,12 +237,20 @@ def test_crop_params_follow_random_resized_crop():
     assert (h * w).float().std().item() == pytest.approx(ref.float().std().item(), rel=0.1)
 
 
-def test_weak_shrinks_large_inputs_with_antialias():
+def _cropped_from(weak: WeakAugment, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """The image ``weak`` draws its crop in (what it hands to its public ``crop_flip``)."""
+    seen, crop_flip = [], weak.crop_flip
+    monkeypatch.setattr(weak, "crop_flip", lambda y, **k: seen.append(y) or crop_flip(y, **k))
+    assert weak(x, generator=gen(0)).shape == x.shape[:2] + (weak.size, weak.size)
+    return seen[0]
+
+
+def test_weak_shrinks_large_inputs_with_antialias(monkeypatch):
     x = smooth_images(2, 3, 128)
-    weak = WeakAugment(16)
-    assert weak._shrink(x).shape[-1] == 32
-    assert WeakAugment(16, antialias=False)._shrink(x).shape[-1] == 128
-    assert weak(x, generator=gen(0)).shape == (2, 3, 16, 16)
+    # The crop is drawn in the image shrunk to twice the output size, antialiased; without antialias, in the input.
+    shrunk = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(_cropped_from(WeakAugment(16), x, monkeypatch), shrunk.clamp(0, 1), atol=1e-6)
+    assert torch.equal(_cropped_from(WeakAugment(16, antialias=False), x, monkeypatch), x)
 
 
 def test_weak_views_keep_the_input_dtype():

@@ -118,12 +118,12 @@ def test_lite0_imagenet_weights_are_real():
     img = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float().div(255)[None]
     x = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
-        p = enc.backbone(enc._prep(x)).softmax(1)[0]
+        p = enc.backbone(enc.backbone_input(x)).softmax(1)[0]
     assert 281 <= int(p.argmax()) <= 285 and float(p[281:286].sum()) > 0.5
     # random init is not: the same image gets no cat class
     rand = build_encoder(LITE0).eval()
     with torch.no_grad():
-        assert float(rand.backbone(rand._prep(x)).softmax(1)[0, 281:286].sum()) < 0.05
+        assert float(rand.backbone(rand.backbone_input(x)).softmax(1)[0, 281:286].sum()) < 0.05
 
 
 def test_imagenet_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):

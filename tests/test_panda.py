@@ -126,7 +126,8 @@ def test_ewc_uses_a_fisher_diagonal_and_the_release_clip(lite0_imagenet_state, s
     x = synthetic_train(8, 64)
     det = _panda(lite0_imagenet_state, regularizer="ewc", epochs=1, batch_size=4)
     fisher = det.fisher_diagonal(x[:2], make_generator(0))
-    params = det._params()
+    params = det.trained_parameters()
+    assert [id(p) for p in params] == [id(dict(det.encoder.backbone.named_parameters())[n]) for n in det.trained]
     assert len(fisher) == len(params) and all(f.shape == p.shape and (f >= 0).all() for f, p in zip(
         fisher, params, strict=True))
     det.fit(batches(x, 4), generator=make_generator(0))

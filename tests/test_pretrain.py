@@ -86,7 +86,7 @@ def test_msacl_batch_layout_and_identity_class():
     method = build_method(PretrainConfig(method="msacl"), image_size=32)
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     k = method.num_classes
-    s, labels = method._strong_all_classes(x, torch.Generator().manual_seed(0))
+    s, labels = method.strong_classes(x, torch.Generator().manual_seed(0))
     assert torch.equal(labels, torch.arange(k).repeat(3))
     assert torch.allclose(s[::k], x), "class 0 of every image must be the image itself"
     assert not torch.allclose(s[1::k], x)

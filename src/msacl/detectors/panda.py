@@ -199,18 +199,20 @@ class Panda(CheckpointedFit, Detector):
 
     # -------------------------------------------------------------- fit
 
-    def _params(self) -> list[torch.nn.Parameter]:
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The backbone's parameters PANDA adapts (named in ``trained``), in the order of
+        :meth:`fisher_diagonal`'s list."""
         named = dict(self.encoder.backbone.named_parameters())
         return [named[n] for n in self.trained]
 
     def fisher_diagonal(self, data: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
         """Diagonal Fisher of the trained parameters, ``E_x E_{y ~ p(y|x)} (d log p(y|x) / d theta)^2``, with the
         backbone's own classifier (ours: on the training images; the release's was computed on ImageNet)."""
-        params = self._params()
+        params = self.trained_parameters()
         fisher = [torch.zeros_like(p) for p in params]
         dev = self.device()
         for i in range(data.shape[0]):
-            logits = self.encoder.backbone(self.encoder._prep(data[i:i + 1].to(dev)))
+            logits = self.encoder.backbone(self.encoder.backbone_input(data[i:i + 1].to(dev)))
             y = torch.multinomial(logits.softmax(1).detach().cpu(), 1, generator=g).to(dev).view(-1)
             grads = torch.autograd.grad(F.cross_entropy(logits, y), params, allow_unused=True)
             for acc, gr in zip(fisher, grads, strict=True):
@@ -235,7 +237,7 @@ class Panda(CheckpointedFit, Detector):
         n = data.shape[0]
         steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
         loop = FitLoop(self, g, phases=[("adapt", c.epochs)], steps_per_epoch=steps, progress=progress)
-        params = self._params()
+        params = self.trained_parameters()
         trained = set(map(id, params))
         flags = [(p, p.requires_grad) for p in self.encoder.parameters()]
         self.encoder.eval()  # the release trains in eval mode: BatchNorm keeps the pre-trained statistics

@@ -105,7 +105,12 @@ class Encoder(nn.Module):
         """Channels of the tap at ``stride`` (a ResNet layer name works too)."""
         return self.spec.tap(check_strides([stride])[0]).channels
 
-    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone is given for images ``x`` in [0, 1]: grey images repeated to 3 channels, then the
+        encoder's normalisation (when ``normalize``). Use it to call ``backbone`` (e.g. its classifier) directly.
+
+        Shape: (B, 1 or 3, H, W) -> (B, 3, H, W).
+        """
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if self.normalize:
@@ -118,7 +123,7 @@ class Encoder(nn.Module):
         Shape: (B, 3, H, W) -> {stride: (B, C_stride, ~H / stride, ~W / stride)}.
         """
         wanted = {self.spec.tap(s).module: s for s in check_strides(strides, self.spec)}
-        h = self._prep(x)
+        h = self.backbone_input(x)
         out: dict[int, torch.Tensor] = {}
         # Walked on every call: BatchNorm folding replaces modules, and the walk is a few dozen attribute reads.
         for name, module in sequential_parts(self.backbone, list(wanted)):
@@ -130,7 +135,7 @@ class Encoder(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pooled_features(self.backbone, self.spec.library, self._prep(x))
+        return pooled_features(self.backbone, self.spec.library, self.backbone_input(x))
 
     # ------------------------------------------------------------------ weights
 

@@ -183,7 +183,7 @@ class Method:
     def _inputs(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_crops(x, self.cfg.local_size, generator=generator) if self.local else x
 
-    def _strong_all_classes(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def strong_classes(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Every image under every strong class n = 0..K-1, image-major. Shape: (B*K, C, H, W), (B*K,)."""
         b, k = x.shape[0], self.num_classes
         labels = torch.arange(k, device=x.device).repeat(b)
@@ -196,14 +196,14 @@ class Method:
 
     def _strong_with_boxes(self, x: torch.Tensor, generator: torch.Generator
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`_strong_all_classes` plus the boxes of what the family pasted (MedMix's lesions), which
+        """:meth:`strong_classes` plus the boxes of what the family pasted (MedMix's lesions), which
         the weak crops must keep so that the views still show the class (None when nothing is pasted).
 
         Shape: (B*K, C, H, W), (B*K,), (B*K, L, 4) or None.
         """
         if self.strong is None:
-            return (*self._strong_all_classes(x, generator), None)
-        # The same call as _strong_all_classes (the same draws), keeping the family's extras.
+            return (*self.strong_classes(x, generator), None)
+        # The same call as strong_classes (the same draws), keeping the family's extras.
         b, k = x.shape[0], self.num_classes
         labels = torch.arange(k, device=x.device).repeat(b)
         sources = x.roll(1, dims=0).repeat_interleave(k, dim=0)
@@ -336,7 +336,7 @@ class RotNet(Method):
         super().__init__(cfg, image_size=image_size)
         self.num_classes = 4
 
-    def _strong_all_classes(self, x, generator):
+    def strong_classes(self, x, generator):
         b = x.shape[0]
         rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1)
         return rotated.flatten(0, 1), torch.arange(4, device=x.device).repeat(b)
@@ -351,7 +351,7 @@ class RotNet(Method):
     def make_batch(self, x, *, generator):
         # Rotate the weak view (not the reverse) so the crop never reveals the rotation by its shape.
         v = self.weak(self._inputs(x, generator), generator=generator)
-        views, labels = self._strong_all_classes(v, generator)
+        views, labels = self.strong_classes(v, generator)
         return Batch(views=views, labels=labels, num_classes=4, num_views=1)
 
     def terms(self, out, batch, centres):
