@@ -270,6 +270,16 @@ def test_fit_refuses_an_image_size_the_decoders_cannot_build_in_one_line(synthet
     assert not (tmp_path / "r").exists()
 
 
+def test_fit_refuses_a_non_square_image_size_in_one_line(synthetic_data, capsys, tmp_path):
+    # [64, 96] is a size CAVGA's options accept, but fit loads the images square at one side.
+    code, out, err = cli(capsys, "fit", "--detector", "cavga", "--data", synthetic_data, "--out", tmp_path / "r",
+                         "--quiet", "--set", "image_size=[64,96]")
+    assert code == 1 and out == ""
+    assert err == ("msacl fit: error: image_size: fit takes square images, give one int (--image-size N), "
+                   "got [64, 96]\n")
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_checks_a_config_file_like_set(synthetic_data, capsys, tmp_path):
     (tmp_path / "padim.yaml").write_text("n_features: 20\nsigma: wide\n")
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", tmp_path / "r",

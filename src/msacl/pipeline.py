@@ -113,20 +113,22 @@ def prepare_detector(
     seed: int,
     encoders: Mapping[str, str | Path | None] | None = None,
     flags: Mapping[str, str] | None = None,
+    where: str = "the training images",
 ) -> tuple[Detector, dict[str, str]]:
     """Build detector ``name`` for the images of ``train`` and load its encoder weights.
 
-    ``settings`` are the detector's settings; ``image_size`` (from :func:`image_size_of`) and ``channels``
-    are set from ``train`` for a detector that has them. The random initialisation depends on ``seed`` only
-    (:func:`build_seeded`). ``encoders`` maps an encoder part (``"global"``, ``"local"``) to its weights
-    (see :meth:`Detector.load_encoder`; None or empty leaves that part as built); an error names the part by
-    ``flags[part]`` when given (e.g. ``--encoder``). Returns the detector and a description of the weights
+    ``settings`` are the detector's settings; ``image_size`` (from :func:`image_size_of`, whose error names
+    the images by ``where``) and ``channels`` are set from ``train`` for a detector that has them. The random
+    initialisation depends on ``seed`` only (:func:`build_seeded`). ``encoders`` maps an encoder part
+    (``"global"``, ``"local"``) to its weights (see :meth:`Detector.load_encoder`; None or empty leaves that
+    part as built); an error names the part by ``flags[part]`` when given (e.g. ``--encoder``). Returns the
+    detector and a description of the weights
     loaded into each part.
     """
     kwargs = dict(settings)
     params = option_names(name) if name in REGISTRY else []
     if "image_size" in params:
-        kwargs["image_size"] = image_size_of(train.images)
+        kwargs["image_size"] = image_size_of(train.images, where)
     if "channels" in params:
         kwargs["channels"] = int(train.images.shape[1])
     det = build_seeded(name, kwargs, seed)

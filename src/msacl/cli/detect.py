@@ -140,6 +140,7 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
 def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
     """The detector's settings (config file, ``--set`` and the shared flags), the run's config and the image
     size given (None: decided from the training images)."""
+    from msacl.config import ConfigError
     from msacl.detectors import REGISTRY
 
     if args.detector not in REGISTRY:
@@ -154,11 +155,11 @@ def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
         kwargs["batch_size"] = args.batch_size
     if "init_seed" in kwargs and "init_seed" not in given:
         kwargs["init_seed"] = args.seed
-    if "channels" in kwargs:
-        kwargs["channels"] = args.channels
     image_size = args.image_size
     if image_size is None and "image_size" in given:
         image_size = kwargs["image_size"]
+        if not isinstance(image_size, int):
+            raise ConfigError(f"image_size: fit takes square images, give one int (--image-size N), got {image_size}")
     if not 0 <= args.holdout < 1:
         raise MsaclError(f"--holdout must be in [0, 1), got {args.holdout}")
     config = {
@@ -190,29 +191,36 @@ def _check_out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _fit_data(args: argparse.Namespace, image_size: int | None, config: dict) -> tuple[ImageSet, ImageSet | None]:
-    """The training images and the validation split with masks (None without one); the image size they
-    were loaded at and the sources' channels go into ``config``."""
+def _load_train(args: argparse.Namespace, image_size: int | None, config: dict) -> ImageSet:
+    """The training images (at ``image_size``; None: their own size); the sources' channels go into
+    ``config``."""
     from msacl.data import load_split
     from msacl.inference import source_channels
-    from msacl.pipeline import image_size_of
 
-    load = {"layout": args.layout, "channels": args.channels, "on_bad_file": args.on_bad_file,
-            "cache_dir": args.cache_dir}
-    train = load_split(args.data, "train", image_size=image_size, **load)
+    train = load_split(args.data, "train", image_size=image_size, **_load_options(args))
     if len(train) == 0:
         raise DataError(f"{args.data}: no training images")
-    image_size = config["data"]["image_size"] = image_size_of(train.images, f"{args.data}: training images")
     # What `predict` / `serve` compare new inputs with: the loaded tensors no longer say if sources were grey.
     config["data"]["source_channels"] = source_channels(train.paths)
+    return train
 
-    val = None
-    if (Path(args.data) / "val").is_dir():
-        val = load_split(args.data, "val", image_size=image_size, **load)
-        if val.masks is None or not bool(val.masks.any()):
-            info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
-            val = None
-    return train, val
+
+def _load_val(args: argparse.Namespace, image_size: int) -> ImageSet | None:
+    """The validation split with lesion masks, at the detector's ``image_size`` (None without one)."""
+    from msacl.data import load_split
+
+    if not (Path(args.data) / "val").is_dir():
+        return None
+    val = load_split(args.data, "val", image_size=image_size, **_load_options(args))
+    if val.masks is None or not bool(val.masks.any()):
+        info(f"{args.data}/val has no lesion masks: the threshold comes from held-out training normals")
+        return None
+    return val
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"layout": args.layout, "channels": args.channels, "on_bad_file": args.on_bad_file,
+            "cache_dir": args.cache_dir}
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -227,11 +235,14 @@ def _fit(args: argparse.Namespace) -> int:
         return 0
     out = _check_out(args)
     device = resolve_device(args.device)
-    train, val = _fit_data(args, image_size, config)
-    image_size = config["data"]["image_size"]
+    train = _load_train(args, image_size, config)
+    # The pipeline decides the image size (the training images' side) and the channels from `train`.
     det, loaded = prepare_detector(args.detector, kwargs, train, seed=args.seed,
                                    encoders={"global": args.encoder, "local": args.encoder_local},
-                                   flags={"global": "--encoder", "local": "--encoder-local"})
+                                   flags={"global": "--encoder", "local": "--encoder-local"},
+                                   where=f"{args.data}: training images")
+    image_size = config["data"]["image_size"] = det.options.image_size
+    val = _load_val(args, image_size)
     for part, weights in loaded.items():
         info(f"{part} encoder: {weights}")
     config["detector_kwargs"] = det.config
