@@ -36,6 +36,21 @@ def test_python_api_checks_types_and_names_like_the_cli():
     assert options_for("igd", lr="1e-3", epochs="2").lr == 1e-3
 
 
+def test_options_built_directly_check_types_like_make_options():
+    # Built directly, not through options_for / make_options: a wrong type is still a ConfigError naming the
+    # setting, not a TypeError from a range check comparing a string with a number.
+    with pytest.raises(ConfigError, match=r"^sigma: expected float, got 'wide'$"):
+        PadimOptions(sigma="wide")
+    with pytest.raises(ConfigError, match=r"^image_size: expected int \| list\[int\], got 'big'$"):
+        IGDOptions(image_size="big")
+    with pytest.raises(ConfigError, match=r"^scoring: 'best' is not one of \['released', 'paper'\]$"):
+        IGDOptions(scoring="best")
+    # and a string spelling a number of the right type is converted as make_options converts it
+    direct = IGDOptions(image_size="64", lr="1e-3")
+    assert direct.image_size == 64 and direct.lr == 1e-3
+    assert direct == options_for("igd", image_size="64", lr="1e-3")
+
+
 def test_network_detectors_check_their_image_size_in_the_options():
     network = [name for name in REGISTRY if issubclass(REGISTRY[name].Options, NetworkOptions)]
     assert {"igd", "msssim_ae", "dae", "fanogan", "ocgan", "cavga"} <= set(network)

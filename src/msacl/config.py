@@ -128,6 +128,16 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
     return cls(**kwargs)
 
 
+def coerce_fields(obj: Any, *, where: str = "") -> None:
+    """Check (and convert, as :func:`from_dict` does: ``"200"`` -> 200 for an int) every field of the dataclass
+    instance ``obj`` in place, for a dataclass built directly rather than through :func:`from_dict`; a value of
+    the wrong type is a ``ConfigError`` naming the field."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        name = f"{where + '.' if where else ''}{f.name}"
+        setattr(obj, f.name, _coerce(getattr(obj, f.name), hints[f.name], name))
+
+
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     data = to_dict(cfg)

@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from msacl.config import ConfigError, from_dict, to_dict
+from msacl.config import ConfigError, coerce_fields, from_dict, to_dict
 from msacl.models.decoders import STRIDE
 
 O = TypeVar("O", bound="DetectorOptions")  # noqa: E741
@@ -62,6 +62,9 @@ class DetectorOptions:
     image_size: int = 64
 
     def __post_init__(self) -> None:
+        # Built directly (``PadimOptions(sigma="wide")``) as through ``make_options``: each value is converted
+        # to its declared type or refused as a ``ConfigError`` naming the setting, before the range checks.
+        coerce_fields(self)
         self.check()
 
     def check(self) -> None:
