@@ -145,6 +145,16 @@ def test_errors_are_clear():
         det.fit([torch.rand(2, 3, 32, 32) * 2 - 1])
 
 
+@pytest.mark.parametrize("bad, got", [(float("nan"), "min nan, max nan"), (float("inf"), "min 0.5, max inf"),
+                                      (-float("inf"), "min -inf, max 0.5")])
+def test_non_finite_pixels_are_refused_naming_them(bad, got):
+    det = build_detector("padim", image_size=32, n_features=10)
+    x = torch.full((2, 3, 32, 32), 0.5)
+    x[1, 0, 5, 7] = bad
+    with pytest.raises(DataError, match=rf"^padim.fit: pixel values must be finite and in \[0, 1\] \(got {got}\)$"):
+        det.fit([x])
+
+
 def test_fit_streams_from_a_generator_without_length():
     x = _images(5)
     det = Padim(image_size=32, n_features=10)
