@@ -13,7 +13,7 @@ import torchvision
 import yaml
 
 from msacl.cli.main import main
-from msacl.detectors import REGISTRY
+from msacl.detectors import REGISTRY, options_for
 
 FAST = {"padim": [], "patchcore": []}
 # Trained detectors: one tiny epoch is enough to check the plumbing.
@@ -21,10 +21,8 @@ OTHERS = sorted(set(REGISTRY) - set(FAST))
 
 
 def _tiny(name: str) -> list[str]:
-    from msacl.cli.detect import detector_defaults
-
     sets = []
-    defaults = detector_defaults(REGISTRY[name])
+    defaults = options_for(name).to_dict()
     for key, value in (("epochs", 1), ("batch_size", 16), ("width", 8), ("latent_dim", 16)):
         if key in defaults:
             sets += ["--set", f"{key}={value}"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msacl.cli.main import main
-from msacl.detectors import REGISTRY, Detector, build_detector
+from msacl.detectors import Detector, build_detector, options_for
 from msacl.errors import MsaclError
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra: pip install 'msacl[export]'")
@@ -20,9 +20,7 @@ TINY = {"epochs": 1, "batch_size": 16, "width": 8, "latent_dim": 16}
 
 
 def _fit(data: Path, run: Path, name: str, *extra: str) -> Path:
-    from msacl.cli.detect import detector_defaults
-
-    sets = [a for k, v in TINY.items() if k in detector_defaults(REGISTRY[name]) for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in TINY.items() if k in options_for(name).to_dict() for a in ("--set", f"{k}={v}")]
     assert main(["fit", "--detector", name, "--data", str(data), "--out", str(run), "--quiet", *sets, *extra]) == 0
     return run
 

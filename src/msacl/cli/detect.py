@@ -1,11 +1,12 @@
 """``msacl fit``: fit a detector and write its run (``msacl test`` is in ``cli.evaluate``, ``msacl predict`` in
 ``cli.predict``).
 
-``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its constructor settings, data, encoder,
-seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name, settings and state dict,
-encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the normal images held out
-from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal / abnormal decision at
-``--fpr``, see ``msacl.calibrate``) and, where training images were held out, ``holdout.txt``.
+``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its settings: the fields of its options
+dataclass, data, encoder, seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name,
+settings and state dict, encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the
+normal images held out from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal /
+abnormal decision at ``--fpr``, see ``msacl.calibrate``) and, where training images were held out,
+``holdout.txt``.
 
 Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
 
@@ -15,7 +16,6 @@ Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
   listed in ``holdout.txt``) and the threshold is the 0.99 quantile of the pixel scores of those held-out
   normal images, so about 1 % of normal pixels are flagged. ``--holdout 0`` fits on every training image and
   stores no threshold; ``test`` then reports only the best-Dice oracle.
-
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ if TYPE_CHECKING:
     from msacl.detectors import Detector
     from msacl.pipeline import FitResult
 
-_EXAMPLES = {
-    "fit": """\
+_EXAMPLES = """\
 examples:
   msacl fit --detector padim --data DIR --out runs/padim --image-size 256
   msacl fit --detector padim --data DIR --encoder runs/pre --out runs/padim      # MSACL pre-trained encoder
@@ -57,12 +56,11 @@ image size: --image-size N resizes to N x N; without it, the layout's paper size
 own size, which must then be square and common to all).
 threshold (for IoU/Dice): best mean Dice on DIR/val when it has masks, otherwise the 0.99 quantile of the
 pixel scores of --holdout (default 10%) of train/normal, held out from fitting. Stored in RUN/threshold.json.
-""",
-}
+"""
 
 
 def examples(verb: str) -> str:
-    return _EXAMPLES.get(verb, "")
+    return _EXAMPLES
 
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
@@ -96,17 +94,11 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_seed(p)
 
 
-
 def run(args: argparse.Namespace) -> int:
     return _fit(args)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def detector_defaults(cls: type) -> dict[str, Any]:
-    """The settings of a detector class (its ``Options`` dataclass) at their defaults, as YAML writes them."""
-    return cls.Options().to_dict()
 
 
 def resolve_detector_config(cls: type, config_file: str | None, overrides: list[str]) -> tuple[dict, set[str]]:
