@@ -62,6 +62,8 @@ def test_network_detectors_check_their_image_size_in_the_options():
     with pytest.raises(ConfigError, match="^patch_size must be a multiple of 32 .*got 20$"):
         options_for("dae", local=True, patch_size=20)
     assert options_for("dae", patch_size=20).patch_size == 20  # unused without local
+    with pytest.raises(ConfigError, match=r"^patch_size 64 is larger than the image \(32 x 96\)$"):
+        options_for("igd", local=True, image_size=[32, 96], patch_size=64)
     assert options_for("padim", image_size=50).image_size == 50  # feature detectors take any size
 
 

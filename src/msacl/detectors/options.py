@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from msacl.config import ConfigError, coerce_fields, from_dict, to_dict
-from msacl.models.decoders import STRIDE
+from msacl.models.decoders import image_hw
 
 O = TypeVar("O", bound="DetectorOptions")  # noqa: E741
 
@@ -44,13 +44,13 @@ def check_positive(name: str, value: float, *, minimum: float = 1) -> None:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
 
 
-def check_image_size(name: str, value: int | list[int]) -> None:
-    """An image (or patch) size the decoders can build: an int or [H, W], each a multiple of 32 (at least 32)."""
-    sizes = [value] if isinstance(value, int) else list(value)
-    if len(sizes) not in (1, 2) or (len(sizes) == 1 and not isinstance(value, int)):
-        raise ConfigError(f"{name} must be an int or [H, W], got {value}")
-    if any(s < STRIDE or s % STRIDE for s in sizes):
-        raise ConfigError(f"{name} must be a multiple of {STRIDE} (at least {STRIDE}), got {value}")
+def check_image_size(name: str, value: int | list[int]) -> tuple[int, int]:
+    """``(H, W)`` of an image (or patch) size the decoders can build (``msacl.models.decoders.image_hw``: an
+    int or [H, W], each a multiple of 32, at least 32), else a ``ConfigError`` naming the setting."""
+    try:
+        return image_hw(value, name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -233,6 +233,9 @@ class TwoScaleOptions(NetworkOptions):
         check_unit("nu", self.nu)
         if self.local:
             check_image_size("patch_size", self.patch_size)
+            hw = check_image_size("image_size", self.image_size)
+            if self.patch_size > min(hw):
+                raise ConfigError(f"patch_size {self.patch_size} is larger than the image ({hw[0]} x {hw[1]})")
             check_positive("patch_stride", self.patch_stride)
             check_positive("patches_per_image", self.patches_per_image)
 

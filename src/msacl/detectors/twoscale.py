@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from msacl.config import ConfigError
 from msacl.detectors.base import Detector
 from msacl.detectors.common import check_images
 from msacl.detectors.options import DetectorOptions, TwoScaleOptions
@@ -42,9 +41,8 @@ class TwoScaleDetector(Detector):
     def __init__(self, options: DetectorOptions | None = None, /, **kwargs: Any):
         super().__init__(options, **kwargs)
         o = self.options
-        self.hw = image_hw(o.image_size)  # a multiple of 32, as the options checked (and patch_size if local)
-        if o.local and o.patch_size > min(self.hw):
-            raise ConfigError(f"patch_size {o.patch_size} is larger than the image ({self.hw[0]} x {self.hw[1]})")
+        # A multiple of 32 (and patch_size, if local, one too and no larger), as the options checked.
+        self.hw = image_hw(o.image_size)
         self.channels_ = o.channels
         with seeded(o.init_seed):
             self.model = self.build_net(self.hw)

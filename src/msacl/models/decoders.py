@@ -19,11 +19,14 @@ STRIDE = 32
 """Decoders start from a (H / 32, W / 32) grid (the deepest tap of every supported backbone)."""
 
 
-def image_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``(H, W)`` from an int or a pair, checking that both are positive multiples of 32."""
+def image_hw(image_size: int | tuple[int, int] | list[int], name: str = "image size") -> tuple[int, int]:
+    """``(H, W)`` from an int or a pair, checking that both are positive multiples of 32; a ``ValueError``
+    naming the size by ``name`` otherwise."""
     hw = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    if len(hw) != 2 or any(s < STRIDE or s % STRIDE for s in hw):
-        raise ValueError(f"image size must be a multiple of {STRIDE} (at least {STRIDE}), got {image_size}")
+    if len(hw) != 2:
+        raise ValueError(f"{name} must be an int or [H, W], got {image_size}")
+    if any(s < STRIDE or s % STRIDE for s in hw):
+        raise ValueError(f"{name} must be a multiple of {STRIDE} (at least {STRIDE}), got {image_size}")
     return hw  # type: ignore[return-value]
 
 
