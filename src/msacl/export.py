@@ -87,7 +87,7 @@ class PatchCoreGraph(nn.Module):
         from msacl.detectors.common import _axis_operator
         from msacl.models.features import fold_batchnorm
 
-        if det.config.get("reweight"):
+        if det.options.reweight:
             raise MsaclError("patchcore with reweight=true cannot be exported (its second nearest-neighbour "
                              "search over the bank is not restated for export)")
         self.encoder = fold_batchnorm(det.encoder)
@@ -99,8 +99,8 @@ class PatchCoreGraph(nn.Module):
         with torch.no_grad():
             probe = det.embed(torch.zeros(1, det.encoder.mean.shape[1], size, size, device=det.memory_bank.device))
         self.h, self.w = (int(v) for v in probe.shape[-2:])
-        self.register_buffer("a_h", _axis_operator(self.h, size, float(det.config["sigma"])).float())
-        self.register_buffer("a_w_t", _axis_operator(self.w, size, float(det.config["sigma"])).float().T.contiguous())
+        self.register_buffer("a_h", _axis_operator(self.h, size, float(det.options.sigma)).float())
+        self.register_buffer("a_w_t", _axis_operator(self.w, size, float(det.options.sigma)).float().T.contiguous())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder.features(x, self.strides)

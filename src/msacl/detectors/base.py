@@ -2,8 +2,8 @@
 
 A detector is fitted on normal images only and then maps a batch of images to an image-level score and a
 pixel-level anomaly map. Metrics and reports read only that record. Fitted statistics and random choices
-are registered buffers, so ``state_dict`` (plus the constructor arguments kept in ``config``) reproduces
-the detector exactly.
+are registered buffers, so ``state_dict`` (plus the settings of its options dataclass, ``options``, kept in
+JSON-like form in ``config``) reproduces the detector exactly.
 
 >>> # det = build_detector("padim", backbone="tf_efficientnet_lite0", image_size=64)
 >>> # det.load_encoder("imagenet")         # or an `msacl pretrain` run directory

@@ -1,6 +1,6 @@
-"""The shared engine of the trained detectors (IGD, F-anoGAN, MS-SSIM AE, DAE; OCGAN, CAVGA and PANDA use
-its data checks and seeding): data checks, the epoch loop with a tqdm bar, seeded weight initialisation and
-random numbers drawn from a generator.
+"""The shared engine of the trained detectors: collecting and checking the training images and seeded weight
+initialisation (IGD, F-anoGAN, MS-SSIM AE, DAE, OCGAN, CAVGA), the epoch loop with a tqdm bar (IGD, F-anoGAN,
+MS-SSIM AE, DAE) and random numbers drawn from a generator.
 
 Losses and scores are pure functions in each detector's module; a detector only defines its per-batch
 step, and ``run_epochs`` owns the pass over the data (shuffling, progress, learning-rate decay).
