@@ -125,7 +125,7 @@ class FittedRun:
         device: torch device for the detector.
         convert_channels: convert (instead of refusing) inputs whose colour differs from the training images.
 
-    >>> # model = FittedRun("runs/padim"); p = model.predict_files(["scan.dcm"])[0]; p.score, p.decision
+        model = FittedRun("runs/padim"); p = model.predict_files(["scan.dcm"])[0]; p.score, p.decision
     """
 
     def __init__(self, run: str | Path, *, fpr: float = 0.05, device: str | torch.device = "cpu",

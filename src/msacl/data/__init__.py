@@ -1,9 +1,9 @@
 """Data: folders of medical images -> decoded, resized tensors (:class:`ImageSet`), with every problem named.
 
->>> # from msacl.data import load_split, check_folder
->>> # train = load_split("data/kvasir", "train", image_size=256)        # labels 0
->>> # test = load_split("data/kvasir", "test", image_size=256)          # normal (0) then abnormal (1), masks
->>> # print(check_folder("data/kvasir").format())                        # what `msacl check-data` prints
+    from msacl.data import load_split, check_folder
+    train = load_split("data/kvasir", "train", image_size=256)        # labels 0
+    test = load_split("data/kvasir", "test", image_size=256)          # normal (0) then abnormal (1), masks
+    print(check_folder("data/kvasir").format())                        # what `msacl check-data` prints
 """
 
 from msacl.data.check import DataReport, SplitReport, check_folder

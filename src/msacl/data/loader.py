@@ -288,8 +288,8 @@ def load_split(
     Raises:
         DataError: a missing or empty folder, or (under on_bad_file="error") any bad file, naming each.
 
-    >>> # train = load_split("data/kvasir", "train", image_size=256)
-    >>> # test = load_split("data/kvasir", "test", image_size=256); test.masks.shape -> (N, 1, 256, 256)
+        train = load_split("data/kvasir", "train", image_size=256)
+        test = load_split("data/kvasir", "test", image_size=256)  # test.masks: (N, 1, 256, 256)
     """
     _check_arguments(split, channels=channels, on_bad_file=on_bad_file, image_size=image_size)
     lay = get_layout(layout)

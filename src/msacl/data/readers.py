@@ -264,7 +264,7 @@ def read_image(path: str | Path, *, channels: int = 3, image_size: int | None = 
     Raises:
         DataError: naming the file and the problem.
 
-    >>> # read_image("scan.dcm", channels=1, image_size=256).shape -> torch.Size([1, 256, 256])
+        read_image("scan.dcm", channels=1, image_size=256)  # shape (1, 256, 256)
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")

@@ -10,8 +10,9 @@ denoising auto-encoder baseline (DAE, MSACL Table 1).
   ``nu * s_G + (1 - nu) * mean patch s_L`` and each patch's error is added to the map (ours).
 
 >>> det = MSSSIMAutoencoder(image_size=64, epochs=1)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
->>> # scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
+
+    det.fit(batches(train.images, 32), generator=make_generator(0))
+    scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ pixel-level anomaly map. Metrics and reports read only that record. Fitted stati
 are registered buffers, so ``state_dict`` (plus the settings of its options dataclass, ``options``, kept in
 JSON-like form in ``config``) reproduces the detector exactly.
 
->>> # det = build_detector("padim", backbone="tf_efficientnet_lite0", image_size=64)
->>> # det.load_encoder("imagenet")         # or an `msacl pretrain` run directory
->>> # det.fit(batches(train.images, 32))
->>> # scores, maps = det.predict(test.images[:8])   # (8,), (8, 1, 64, 64)
+    det = build_detector("padim", backbone="tf_efficientnet_lite0", image_size=64)
+    det.load_encoder("imagenet")         # or an `msacl pretrain` run directory
+    det.fit(batches(train.images, 32))
+    scores, maps = det.predict(test.images[:8])   # (8,), (8, 1, 64, 64)
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ maximum); D and the VAE are updated alternately with Adam (lr 1e-4, betas 0.5 / 
 D is msacl's ``Critic`` and the decoder a stack of nearest up-sampling + 3 x 3 convolution blocks.
 
 >>> det = CAVGA(image_size=64, epochs=1)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0)); scores, maps = det.predict(x)
+
+    det.fit(batches(train.images, 32), generator=make_generator(0)); scores, maps = det.predict(x)
 """
 
 from __future__ import annotations

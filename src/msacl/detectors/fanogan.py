@@ -21,7 +21,8 @@ With ``local=True`` a second GAN + encoder on 32 x 32 patches adds each patch's 
 image score becomes ``nu * s_G + (1 - nu) * mean patch s_L`` (ours).
 
 >>> det = FAnoGAN(image_size=64, gan_epochs=1, epochs=1)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
+
+    det.fit(batches(train.images, 32), generator=make_generator(0))
 """
 
 from __future__ import annotations

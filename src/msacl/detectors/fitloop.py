@@ -9,8 +9,8 @@ fit --resume``) loads that file at the start of ``fit`` and continues where it s
 skipped, the interrupted one restarts at its next epoch with the same generator state, so the result equals
 an uninterrupted fit (same hardware). Only settings whose name ends in ``epochs`` may change on resume.
 
->>> # det.checkpointing("runs/x/fit_checkpoint.pt", resume=True)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0), progress=True)
+    det.checkpointing("runs/x/fit_checkpoint.pt", resume=True)
+    det.fit(batches(train.images, 32), generator=make_generator(0), progress=True)
 """
 
 from __future__ import annotations

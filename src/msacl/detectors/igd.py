@@ -20,9 +20,10 @@ overlapping patch maps are averaged (the release sums them with ``F.fold``); the
 time is a signed mean (``(img - rec).mean()``), ours the MAE its training loss and 256 px score use.
 
 >>> det = IGD(image_size=64, local=True, epochs=1)
->>> # det.load_encoder("runs/pre"); det.load_encoder("runs/pre_local", part="local")
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
->>> # scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
+
+    det.load_encoder("runs/pre"); det.load_encoder("runs/pre_local", part="local")
+    det.fit(batches(train.images, 32), generator=make_generator(0))
+    scores, maps = det.predict(test.images[:8])      # (8,), (8, 1, 64, 64)
 """
 
 from __future__ import annotations

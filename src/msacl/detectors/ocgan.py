@@ -28,7 +28,8 @@ discriminators and C are msacl's ``Critic`` (strided convolutions, no normalisat
 128-64-32-1 (the release's has a 16-wide sigmoid output under a sigmoid BCE; one logit here).
 
 >>> det = OCGAN(image_size=64, epochs=1)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
+
+    det.fit(batches(train.images, 32), generator=make_generator(0))
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ float64 sum and sum of outer products, so memory does not grow with the number o
 map is the Mahalanobis distance of MSACL Eq. 12, upsampled bilinearly to the image size and blurred (sigma 4);
 the image score is the maximum of that map.
 
->>> # det = Padim(backbone="tf_efficientnet_lite0", image_size=128); det.load_encoder("imagenet")
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
->>> # scores, maps = det.predict(test.images[:8])    # (8,), (8, 1, 128, 128)
+    det = Padim(backbone="tf_efficientnet_lite0", image_size=128); det.load_encoder("imagenet")
+    det.fit(batches(train.images, 32), generator=make_generator(0))
+    scores, maps = det.predict(test.images[:8])    # (8,), (8, 1, 128, 128)
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ images nearest in phi (SPADE's K = 50, kappa = 1), upsampled bilinearly and Gaus
 The training feature maps are kept in float16 (``map_bank``: N x C x h x w, e.g. 282 images of 64 px with
 ResNet-18: 28 MB).
 
->>> # det = Panda(backbone="resnet18", image_size=64); det.load_encoder("imagenet")
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
->>> # scores, maps = det.predict(test.images[:8])
+    det = Panda(backbone="resnet18", image_size=64); det.load_encoder("imagenet")
+    det.fit(batches(train.images, 32), generator=make_generator(0))
+    scores, maps = det.predict(test.images[:8])
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ distance to the nearest memory-bank entry; the map is upsampled to the image siz
 the image score is the maximum of the map, optionally multiplied by the paper's re-weighting (Eq. 7 of Roth et
 al.: ``1 - softmax`` of the distances from the most anomalous patch to the neighbourhood of its nearest neighbour).
 
->>> # det = PatchCore(backbone="resnet18", image_size=128)
->>> # det.fit(batches(train.images, 32), generator=make_generator(0))
->>> # scores, maps = det.predict(test.images[:8])
+    det = PatchCore(backbone="resnet18", image_size=128)
+    det.fit(batches(train.images, 32), generator=make_generator(0))
+    scores, maps = det.predict(test.images[:8])
 """
 
 from __future__ import annotations

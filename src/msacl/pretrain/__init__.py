@@ -1,8 +1,8 @@
 """Self-supervised pre-training: MSACL, CCD, SimCLR, RotNet, CSI and DROC on one Lightning Fabric engine.
 
->>> # from msacl.pretrain import PretrainConfig, pretrain
->>> # enc = pretrain(PretrainConfig(method="msacl", epochs=200), train, "runs/msacl", test=test)
->>> # torchvision.models.resnet18().load_state_dict(torch.load(enc, weights_only=True))
+    from msacl.pretrain import PretrainConfig, pretrain
+    enc = pretrain(PretrainConfig(method="msacl", epochs=200), train, "runs/msacl", test=test)
+    torchvision.models.resnet18().load_state_dict(torch.load(enc, weights_only=True))
 """
 
 from msacl.pretrain import csi, droc  # noqa: F401  (register the csi and droc recipes)
