@@ -83,6 +83,22 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     assert json.loads(files["json"].read_text())["tables"][0]["key"] == "t"
 
 
+def test_run_grid_loads_the_grey_sets_grey(synthetic_data, tmp_path):
+    """Brain MRI's storage mode (RGB normal, grey tumour JPEGs) is a shortcut: the bench loads it with one channel,
+    and pre-training and PaDiM run on the grey images."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "brain_tumor_mri_224").symlink_to(synthetic_data, target_is_directory=True)
+    profile = Profile("tiny", {"brain_tumor_mri_224": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1)
+    tabs = [Table("t", "tiny", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())]
+    logs: list[str] = []
+    recs = run_grid(profile, tabs, root, tmp_path / "bench", ["brain_tumor_mri_224"], seeds=1,
+                    backbone="tf_efficientnet_lite0", device="cpu", progress=False, log=logs.append)
+    assert [r["channels"] for r in recs] == [1, 1]
+    assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in recs)
+    assert any(", grey (" in x for x in logs)
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (0, 44.6, 59.4, 60, 719, 3600, 4320, 3 * 3600 + 5 * 60, 86400 * 2 + 3 * 3600)] \
         == ["0s", "45s", "59s", "1m", "12m", "1h00m", "1h12m", "3h05m", "2d3h"]

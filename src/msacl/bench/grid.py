@@ -41,6 +41,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # CCD uses rotation on fundus images (CCD Sec. 3.3: "for the LAG dataset ... rotation").
 CCD_STRONG = {"odir_fundus_256": "rotation"}
 
+# Sets loaded as grey (then repeated to 3 channels by the encoder), with the reason. Brain MRI's normal images are
+# stored mostly as RGB JPEG and its tumour images mostly as grey JPEG (the data set's README): loaded in colour,
+# the storage mode alone tells the classes apart.
+GREY = {"brain_tumor_mri_224": "tumour images are stored as grey JPEG and normal ones as RGB: a shortcut"}
+
 DATASETS = ("kvasir_seg_patch128", "pneumoniamnist_28", "brain_tumor_mri_224", "odir_fundus_256", "kermany_cxr_224")
 PAPER_NAME = {
     "kvasir_seg_patch128": "Kvasir patches (for Hyper-Kvasir)",

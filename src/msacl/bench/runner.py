@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msacl.bench.grid import CCD_STRONG, NO_PRETRAIN, VARIANTS, Profile, Table, resolve_precision
+from msacl.bench.grid import CCD_STRONG, GREY, NO_PRETRAIN, VARIANTS, Profile, Table, resolve_precision
 from msacl.errors import DataError
 
 if TYPE_CHECKING:
@@ -136,19 +136,22 @@ def detector_kwargs(name: str, profile: Profile, backbone: str = "resnet18") -> 
 
 def _load_dataset(root: Path, image_size: int, progress: bool,
                   log) -> tuple[ImageSet, ImageSet, ImageSet | None, int]:
-    """A data set's train, test and (when present) val splits, and the image size they were loaded at."""
+    """A data set's train, test and (when present) val splits, and the image size they were loaded at; the sets
+    in ``GREY`` are loaded with one channel."""
     from msacl.data import load_split
     from msacl.pipeline import image_size_of
 
     if not root.is_dir():
         raise DataError(f"{root}: data set not found (pass --data-root)")
     t0 = time.perf_counter()
-    train = load_split(root, "train", image_size=image_size, progress=progress)
+    ch = 1 if root.name in GREY else 3
+    train = load_split(root, "train", image_size=image_size, channels=ch, progress=progress)
     size = image_size_of(train.images, f"{root}: the training images")
-    test = load_split(root, "test", image_size=size, progress=progress)
-    val = load_split(root, "val", image_size=size, progress=progress) if (root / "val").is_dir() else None
-    log(f"[bench] {root.name}: {len(train)} train / {len(test)} test images at {size} px "
-        f"({time.perf_counter() - t0:.1f} s to load)")
+    test = load_split(root, "test", image_size=size, channels=ch, progress=progress)
+    val = (load_split(root, "val", image_size=size, channels=ch, progress=progress) if (root / "val").is_dir()
+           else None)
+    log(f"[bench] {root.name}: {len(train)} train / {len(test)} test images at {size} px"
+        + (f", grey ({GREY[root.name]})" if ch == 1 else "") + f" ({time.perf_counter() - t0:.1f} s to load)")
     return train, test, val, size
 
 
@@ -222,7 +225,7 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
                                           seed=job.seed, device=dev, progress=progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
-                "seed": job.seed, "image_size": size, "profile": profile.name, "backbone": backbone,
+                "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]), "profile": profile.name, "backbone": backbone,
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
                 "fit_seconds": round(fit.fit_seconds, 2),
                 "test_seconds": metrics.test_seconds,
