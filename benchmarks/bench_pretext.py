@@ -8,6 +8,7 @@ criterion, and the centre warning.
 
     python benchmarks/bench_pretext.py --out runs/pretext                       # 4 sets x 3 seeds
     python benchmarks/bench_pretext.py --out runs/pretext --data kvasir_seg_patch128 --seeds 1
+    python benchmarks/bench_pretext.py --out runs/pretext-lr05 --data kvasir_seg_patch128 --set optim.lr=0.05
 """
 
 from __future__ import annotations
@@ -48,8 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: the cpu profile's)")
     p.add_argument("--backbone", default=None, help="default: the cpu profile's (auto)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="pre-training settings of every run, e.g. optim.lr=0.05 (use a fresh --out per setting)")
     a = p.parse_args(argv)
-    profile = dataclasses.replace(PROFILES["cpu"])
+    overrides = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = value
+    profile = dataclasses.replace(PROFILES["cpu"], pretrain_overrides=overrides)
     if a.epochs:
         profile.pretrain_epochs = a.epochs
     backbone = a.backbone or resolve_backbone(profile.backbone)

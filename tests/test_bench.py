@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_precision, tables
-from msacl.bench.runner import Job, format_duration, plan, progress_line, read_results, run_grid
+from msacl.bench.runner import Job, format_duration, plan, pretrain_config, progress_line, read_results, run_grid
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
 
@@ -97,6 +97,15 @@ def test_run_grid_loads_the_grey_sets_grey(synthetic_data, tmp_path):
     assert [r["channels"] for r in recs] == [1, 1]
     assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in recs)
     assert any(", grey (" in x for x in logs)
+
+
+def test_profile_pretrain_overrides_reach_every_run():
+    profile = Profile("p", {}, pretrain_epochs=3, pretrain_batch=8, seeds=1,
+                      pretrain_overrides={"optim.lr": "0.05", "loss.burnin_max_epochs": "2"})
+    for variant, method in (("msacl", "msacl"), ("ccd", "ccd")):
+        cfg = pretrain_config(profile, "d", variant, 1, 64, "tf_efficientnet_lite0")
+        assert (cfg.method, cfg.optim.lr, cfg.loss.burnin_max_epochs, cfg.epochs, cfg.seed) == (method, 0.05, 2, 3, 1)
+    assert pretrain_config(PROFILES["cpu"], "d", "msacl", 0, 64).optim.lr == 0.01
 
 
 def test_format_duration():

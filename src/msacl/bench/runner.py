@@ -109,6 +109,7 @@ def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, ima
     from msacl.pretrain import PretrainConfig
 
     overrides = {"model.backbone": backbone, "model.init": "imagenet"} | dict(VARIANTS[variant])
+    overrides |= profile.pretrain_overrides
     overrides = {k: ("null" if v is None else v) for k, v in overrides.items()}
     if overrides.get("method") == "ccd" and "strong" not in overrides and dataset in CCD_STRONG:
         overrides["strong"] = CCD_STRONG[dataset]
@@ -225,7 +226,8 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
                                           seed=job.seed, device=dev, progress=progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
-                "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]), "profile": profile.name, "backbone": backbone,
+                "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]),
+                "profile": profile.name, "backbone": backbone,
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
                 "fit_seconds": round(fit.fit_seconds, 2),
                 "test_seconds": metrics.test_seconds,
