@@ -11,7 +11,7 @@ from msacl.bench.grid import PROFILES
 from msacl.bench.runner import detector_kwargs
 from msacl.config import ConfigError
 from msacl.detectors import REGISTRY, Detector, IGDOptions, Padim, PadimOptions, build_detector, options_for
-from msacl.detectors.options import NetworkOptions, TrainedOptions, TwoScaleOptions
+from msacl.detectors.options import BlurOptions, NetworkOptions, TrainedOptions, TwoScaleOptions
 from msacl.errors import CheckpointError
 
 
@@ -76,6 +76,15 @@ def test_settings_shared_by_detectors_are_declared_once():
         assert issubclass(REGISTRY[name].Options, TwoScaleOptions)
     for name in ("ocgan", "cavga", "panda"):
         assert issubclass(REGISTRY[name].Options, TrainedOptions)
+    # the map blur of OCGAN, DAE and F-anoGAN is declared and checked once, in BlurOptions
+    for name in ("ocgan", "dae", "fanogan"):
+        assert issubclass(REGISTRY[name].Options, BlurOptions)
+        assert "blur_sigma" not in REGISTRY[name].Options.__dict__.get("__annotations__", {})
+        with pytest.raises(ConfigError, match=r"^blur_sigma must be at least 0, got -1"):
+            options_for(name, blur_sigma=-1)
+    for name in ("padim", "patchcore", "panda"):
+        with pytest.raises(ConfigError, match=r"^sigma must be at least 0, got -1"):
+            options_for(name, sigma=-1)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

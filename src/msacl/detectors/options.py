@@ -4,6 +4,7 @@ One dataclass per detector; the settings several detectors share are declared on
 
 * ``DetectorOptions``: ``backbone``, ``image_size``;
 * ``FeatureOptions`` (PaDiM, PatchCore): ``strides`` (feature taps) and ``sigma`` (blur of the map);
+* ``BlurOptions`` (OCGAN, DAE, F-anoGAN): ``blur_sigma`` (blur of the map);
 * ``TrainedOptions`` (the detectors that train): ``epochs``, ``batch_size``, ``lr``;
 * ``NetworkOptions`` (OCGAN, CAVGA and the two-scale ones): ``channels``, ``latent_dim``, ``width``, ``init_seed``;
 * ``TwoScaleOptions`` (IGD, MS-SSIM AE, DAE, F-anoGAN): the local patch model, ``local``, ``patch_size``,
@@ -115,6 +116,18 @@ class PatchCoreOptions(FeatureOptions):
 
 
 @dataclass
+class BlurOptions(DetectorOptions):
+    """Detectors that blur their pixel map with a Gaussian of ``blur_sigma`` pixels (0 disables it); a mixin
+    beside ``NetworkOptions``."""
+
+    blur_sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("blur_sigma", self.blur_sigma, minimum=0)
+
+
+@dataclass
 class TrainedOptions(DetectorOptions):
     """Detectors that train: ``epochs`` over the training images in mini-batches of ``batch_size`` (at least
     2: BatchNorm) with learning rate ``lr``."""
@@ -154,6 +167,7 @@ class PandaOptions(TrainedOptions):
         super().check()
         for name in ("k", "map_images", "map_k", "image_size"):
             check_positive(name, getattr(self, name))
+        check_positive("sigma", self.sigma, minimum=0)
         if self.grad_clip <= 0:
             raise ConfigError(f"panda: grad_clip must be > 0, got {self.grad_clip}")
 
@@ -177,7 +191,7 @@ class NetworkOptions(TrainedOptions):
 
 
 @dataclass
-class OCGANOptions(NetworkOptions):
+class OCGANOptions(NetworkOptions, BlurOptions):
     """OCGAN (see ``msacl.detectors.ocgan.OCGAN``)."""
 
     latent_dim: int = 16
@@ -192,7 +206,6 @@ class OCGANOptions(NetworkOptions):
     mining_start: int = 150
     mining_step: float = 2.0
     mining_steps: int = 1
-    blur_sigma: float = 4.0
 
     def check(self) -> None:
         super().check()
@@ -269,12 +282,11 @@ class MSSSIMOptions(TwoScaleOptions):
 
 
 @dataclass
-class DAEOptions(TwoScaleOptions):
+class DAEOptions(TwoScaleOptions, BlurOptions):
     """Denoising auto-encoder (see ``msacl.detectors.autoencoder.DAE``): ``noise_std`` of the training noise,
     ``blur_sigma`` of the map."""
 
     noise_std: float = 0.1
-    blur_sigma: float = 4.0
 
     def check(self) -> None:
         super().check()
@@ -282,7 +294,7 @@ class DAEOptions(TwoScaleOptions):
 
 
 @dataclass
-class FAnoGANOptions(TwoScaleOptions):
+class FAnoGANOptions(TwoScaleOptions, BlurOptions):
     """F-anoGAN (see ``msacl.detectors.fanogan.FAnoGAN``): ``epochs`` of the encoder after ``gan_epochs`` of
     WGAN-GP."""
 
@@ -291,7 +303,6 @@ class FAnoGANOptions(TwoScaleOptions):
     n_critic: int = 5
     lambda_gp: float = 10.0
     kappa: float = 1.0
-    blur_sigma: float = 4.0
 
     def check(self) -> None:
         super().check()
