@@ -25,11 +25,23 @@ class Layout:
     name: ClassVar[str] = "layout"
     #: Image size the papers use for this data set; load_split uses it when image_size is None.
     default_image_size: ClassVar[int | None] = None
+    #: Whether ``_list`` handles the val split; when False, asking for val is a "missing-split" problem.
+    lists_val: ClassVar[bool] = False
 
     def available_splits(self, root: Path) -> list[str]:
         return ["train", "test"]
 
     def list_split(self, root: Path, split: str) -> Listing:
+        """The samples of ``split`` under ``root`` and the problems found listing them. A split this layout
+        does not have is a problem of the listing; the rest is the layout's ``_list``."""
+        check_split(split)
+        root = Path(root)
+        if split == "val" and not self.lists_val:
+            return self._no_split(root, split)
+        return self._list(root, Listing(split))
+
+    def _list(self, root: Path, lst: Listing) -> Listing:
+        """Fill ``lst`` (its ``split`` is train, test, or val when ``lists_val``) from ``root``."""
         raise NotImplementedError
 
     def extras(self, root: Path) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from msacl.data.layouts.base import Layout, check_split
+from msacl.data.layouts.base import Layout
 from msacl.data.listing import Listing, Sample
 from msacl.data.problems import Problem
 from msacl.errors import DataError
@@ -29,12 +29,8 @@ class CovidxLayout(Layout):
     test_dir: str = "test"
     normal_label: str = "negative"
 
-    def list_split(self, root: Path, split: str) -> Listing:
-        check_split(split)
-        root = Path(root)
-        if split == "val":
-            return self._no_split(root, split)
-        lst = Listing(split)
+    def _list(self, root: Path, lst: Listing) -> Listing:
+        split = lst.split
         split_file = root / (self.train_file if split == "train" else self.test_file)
         img_dir = root / (self.train_dir if split == "train" else self.test_dir)
         if not split_file.is_file():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from msacl.data.layouts.base import Layout, check_split, child_dir
+from msacl.data.layouts.base import Layout, child_dir
 from msacl.data.listing import Listing, Sample, count_images, pair_masks, scan_images
 from msacl.data.problems import Problem
 from msacl.data.readers import is_hidden
@@ -27,6 +27,7 @@ class FolderLayout(Layout):
     _abnormal: ClassVar[tuple[str, ...]] = ("abnormal",)
     _masks: ClassVar[tuple[str, ...]] = ("masks",)
     _case_insensitive: ClassVar[bool] = False
+    lists_val: ClassVar[bool] = True
 
     def available_splits(self, root: Path) -> list[str]:
         return ["train", "val", "test"] if (Path(root) / "val").is_dir() else ["train", "test"]
@@ -34,10 +35,8 @@ class FolderLayout(Layout):
     def _find(self, folder: Path, names: tuple[str, ...]) -> Path | None:
         return child_dir(folder, names, case_insensitive=self._case_insensitive)
 
-    def list_split(self, root: Path, split: str) -> Listing:
-        check_split(split)
-        root = Path(root)
-        lst = Listing(split)
+    def _list(self, root: Path, lst: Listing) -> Listing:
+        split = lst.split
         sdir = root / split
         if not sdir.is_dir():
             hint = ""

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from msacl.data.layouts.base import Layout, check_split, find_dirs, one_dir, seeded_split
+from msacl.data.layouts.base import Layout, find_dirs, one_dir, seeded_split
 from msacl.data.listing import Listing, Sample, pair_masks, scan_images
 from msacl.data.problems import Problem
 from msacl.runs import make_generator
@@ -52,12 +52,8 @@ class HyperKvasirLayout(Layout):
             pool += [Sample(p, 0) for p in files]
         return pool, problems, per_class
 
-    def list_split(self, root: Path, split: str) -> Listing:
-        check_split(split)
-        root = Path(root)
-        if split == "val":
-            return self._no_split(root, split)
-        lst = Listing(split)
+    def _list(self, root: Path, lst: Listing) -> Listing:
+        split = lst.split
         pool, problems, per_class = self._normal_pool(root)
         if split == "train":
             lst.problems += problems

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from msacl.data.layouts.base import Layout, check_split, child_dir, find_dirs, one_dir, seeded_split
+from msacl.data.layouts.base import Layout, child_dir, find_dirs, one_dir, seeded_split
 from msacl.data.listing import Listing, Sample, pair_masks, scan_images
 from msacl.data.problems import Problem
 
@@ -46,12 +46,8 @@ class LagLayout(Layout):
     def _images_dir(d: Path) -> Path:
         return child_dir(d, ("image", "images")) or d
 
-    def list_split(self, root: Path, split: str) -> Listing:
-        check_split(split)
-        root = Path(root)
-        if split == "val":
-            return self._no_split(root, split)
-        lst = Listing(split)
+    def _list(self, root: Path, lst: Listing) -> Listing:
+        split = lst.split
         ndir, adir = self._class_dirs(root, lst.problems)
         if ndir is None or adir is None:
             return lst
