@@ -186,6 +186,18 @@ def test_write_report_without_maps_or_with_one_class(tmp_path):
     assert re.search(r"Pred \(oracle t\)|oracle threshold", text)
 
 
+def test_ranked_list_names_each_image_once_when_there_are_few(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    keep = [0, 1, len(labels) - 2]  # three images, two per block asked for
+    sub = {k: v[keep] for k, v in dict(images=images, labels=labels, scores=scores).items()}
+    out = write_report(tmp_path, **sub, paths=[paths[i] for i in keep], title="three",
+                       metrics=evaluate(sub["scores"], sub["labels"], n_bootstrap=0), n_overlays=2)
+    html = out.read_text()
+    ranked = html[html.index("<h2>Ranked images</h2>"):]
+    assert [ranked.count(paths[i]) for i in keep] == [1, 1, 1]
+    assert ranked.count("most anomalous #") == 2 and ranked.count("least anomalous #") == 1
+
+
 def test_write_report_rejects_mismatched_paths(tmp_path):
     images, labels, scores, maps, masks, paths = _record()
     with pytest.raises(MsaclError, match="paths for"):

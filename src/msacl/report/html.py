@@ -138,9 +138,13 @@ def _config_text(run_dir: Path, config: Any) -> str | None:
 
 
 def _ranked_table(scores: np.ndarray, labels: np.ndarray, paths: list[str], n: int) -> str:
+    """The n most and the n least anomalous images; with fewer than 2n images, each is listed once (the least
+    anomalous block takes what the most anomalous one left)."""
     order = np.argsort(-scores, kind="stable")
+    most = order[:n]
+    least = order[n:][::-1][:n]
     rows = []
-    for title, idx in (("most anomalous", order[:n]), ("least anomalous", order[::-1][:n])):
+    for title, idx in (("most anomalous", most), ("least anomalous", least)):
         for rank, i in enumerate(idx, 1):
             lab = "abnormal" if labels[i] else "normal"
             rows.append(f"<tr><td>{_esc(title)} #{rank}</td><td class='num'>{_esc(_fmt(float(scores[i])))}</td>"
