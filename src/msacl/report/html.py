@@ -19,7 +19,7 @@ from msacl.config import to_dict
 from msacl.errors import MsaclError
 from msacl.metrics._checks import check_labels, check_scores
 from msacl.records import DecisionMetrics, Metrics, PixelMetrics
-from msacl.report.plots import plot_histograms, plot_overlays, plot_roc, plot_tsne
+from msacl.report.plots import overlay_ranking, plot_histograms, plot_overlays, plot_roc, plot_tsne
 from msacl.runs import atomic_write_text
 
 _CSS = """
@@ -138,13 +138,10 @@ def _config_text(run_dir: Path, config: Any) -> str | None:
 
 
 def _ranked_table(scores: np.ndarray, labels: np.ndarray, paths: list[str], n: int) -> str:
-    """The n most and the n least anomalous images; with fewer than 2n images, each is listed once (the least
-    anomalous block takes what the most anomalous one left)."""
-    order = np.argsort(-scores, kind="stable")
-    most = order[:n]
-    least = order[n:][::-1][:n]
+    """The n most and the n least anomalous images, the blocks of the overlay picture (``overlay_ranking``)."""
     rows = []
-    for title, idx in (("most anomalous", most), ("least anomalous", least)):
+    for title, idx in overlay_ranking(scores, n):
+        title = title.lower()
         for rank, i in enumerate(idx, 1):
             lab = "abnormal" if labels[i] else "normal"
             rows.append(f"<tr><td>{_esc(title)} #{rank}</td><td class='num'>{_esc(_fmt(float(scores[i])))}</td>"
