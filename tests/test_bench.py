@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_precision, tables
+from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_backbone, resolve_precision, tables
 from msacl.bench.runner import Job, format_duration, plan, pretrain_config, progress_line, read_results, run_grid
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
@@ -106,6 +106,15 @@ def test_profile_pretrain_overrides_reach_every_run():
         cfg = pretrain_config(profile, "d", variant, 1, 64, "tf_efficientnet_lite0")
         assert (cfg.method, cfg.optim.lr, cfg.loss.burnin_max_epochs, cfg.epochs, cfg.seed) == (method, 0.05, 2, 3, 1)
     assert pretrain_config(PROFILES["cpu"], "d", "msacl", 0, 64).optim.lr == 0.01
+
+
+def test_auto_backbone_says_what_it_tries_and_falls_back_to_lite0():
+    # the test session is offline with empty caches (conftest): ResNet-18's weights cannot be had
+    logs: list[str] = []
+    assert resolve_backbone("auto", log=logs.append) == "tf_efficientnet_lite0"
+    assert logs[0].startswith("[bench] backbone auto: resnet18 if its ImageNet weights are cached")
+    assert "ImageNet weights of resnet18 are not cached" in logs[1]
+    assert resolve_backbone("resnet50", log=logs.append) == "resnet50" and len(logs) == 2
 
 
 def test_format_duration():

@@ -203,6 +203,8 @@ def resolve_backbone(backbone: str, log=print) -> str:
         return backbone
     from msacl.models.weights import WeightsUnavailable, imagenet_state
 
+    log("[bench] backbone auto: resnet18 if its ImageNet weights are cached or can be downloaded, "
+        f"else {LITE0}")
     try:
         imagenet_state("resnet18")
         return "resnet18"
