@@ -8,7 +8,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from msacl.bench.grid import PROFILES, Profile, Row, Table, resolve_backbone, resolve_precision, tables
-from msacl.bench.runner import Job, format_duration, plan, pretrain_config, progress_line, read_results, run_grid
+from msacl.bench.runner import (
+    Job,
+    format_duration,
+    plan,
+    pretrain_config,
+    pretraining_summary,
+    progress_line,
+    read_results,
+    run_grid,
+)
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
 
@@ -115,6 +124,18 @@ def test_auto_backbone_says_what_it_tries_and_falls_back_to_lite0():
     assert logs[0].startswith("[bench] backbone auto: resnet18 if its ImageNet weights are cached")
     assert "ImageNet weights of resnet18 are not cached" in logs[1]
     assert resolve_backbone("resnet50", log=logs.append) == "resnet50" and len(logs) == 2
+
+
+def test_plan_counts_pretraining_runs_and_steps(synthetic_data, tmp_path):
+    tabs = [Table("t", "T", (Row("PaDiM", "imagenet", "padim"), Row("MSACL - PaDiM", "msacl", "padim"),
+                             Row("MSACL - IGD", "msacl", "igd"), Row("CCD - PaDiM", "ccd", "padim")), ())]
+    jobs = plan(tabs, ["synthetic", "elsewhere"], seeds=2)
+    profile = Profile("p", {}, pretrain_epochs=3, pretrain_batch=16, seeds=2)
+    lines = pretraining_summary(jobs, profile, synthetic_data.parent)
+    # msacl and ccd, 2 seeds each (IGD and PaDiM share the msacl encoder); 64 images // 16 x 3 epochs
+    assert lines[0].startswith("synthetic                4 pre-training runs x 12 steps (64 training images")
+    assert "elsewhere" in lines[1] and "steps unknown" in lines[1]
+    assert lines[-1] == "8 pre-training runs, 48 optimiser steps in all (of the data sets found)"
 
 
 def test_format_duration():

@@ -49,6 +49,39 @@ def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "
                                        j.detector))
 
 
+def pretraining_runs(jobs: list[Job]) -> list[tuple[str, str, int]]:
+    """The distinct pre-training runs of ``jobs`` as (data set, variant, seed): those a job's encoder needs."""
+    runs = {(j.dataset, j.variant, j.seed) for j in jobs if j.variant not in NO_PRETRAIN}
+    return sorted(runs, key=lambda r: ([j.dataset for j in jobs].index(r[0]), r[1], r[2]))
+
+
+def pretraining_summary(jobs: list[Job], profile: Profile, data_root: Path) -> list[str]:
+    """Lines saying, per data set, how many pre-training runs ``jobs`` need and how many optimiser steps each
+    takes (the training images of ``data_root``, full batches of the profile's, its epochs), with the totals:
+    the steps are what a ``cpu`` run's time goes into."""
+    from msacl.data.layouts import get_layout
+
+    per_set: dict[str, int] = {}
+    for dataset, _, _ in pretraining_runs(jobs):
+        per_set[dataset] = per_set.get(dataset, 0) + 1
+    lines, total, missing = [], 0, False
+    for dataset, n_runs in per_set.items():
+        root = data_root / dataset
+        if not root.is_dir():
+            lines.append(f"{dataset:22} {n_runs:3d} pre-training runs (steps unknown: {root} not found)")
+            missing = True
+            continue
+        n_train = len(get_layout("folder").list_split(root, "train").samples)  # the layout load_split reads
+        steps = n_train // profile.pretrain_batch * profile.pretrain_epochs
+        total += n_runs * steps
+        lines.append(f"{dataset:22} {n_runs:3d} pre-training runs x {steps} steps ({n_train} training images, "
+                     f"batch {profile.pretrain_batch}, {profile.pretrain_epochs} epochs)")
+    n_all = sum(per_set.values())
+    lines.append(f"{n_all} pre-training runs, {total} optimiser steps in all"
+                 + (" (of the data sets found)" if missing else ""))
+    return lines
+
+
 def format_duration(seconds: float) -> str:
     """A duration as a person reads it in a log line: ``45s``, ``12m``, ``1h12m``, ``2d3h``."""
     s = max(0, round(seconds))

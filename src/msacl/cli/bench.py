@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from msacl.bench.grid import resolve_backbone
-    from msacl.bench.runner import plan, read_results, run_grid
+    from msacl.bench.runner import plan, pretraining_summary, read_results, run_grid
     from msacl.bench.tables import aggregate, write_tables
     from msacl.config import to_dict
     from msacl.runs import RunDir
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         for j in jobs:
             print(f"{j.dataset:22} {j.backbone:22} {j.variant:18} {j.detector:10} seed {j.seed}")
         print(f"{len(jobs)} jobs")
+        print("\n".join(pretraining_summary(jobs, profile, Path(args.data_root))))
         return 0
     out = Path(args.out)
     if args.report_only:
