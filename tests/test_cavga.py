@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from msacl.cli.main import main
 from msacl.config import ConfigError
-from msacl.detectors import Detector, batches
+from msacl.detectors import batches
 from msacl.detectors.cavga import CAVGA, attention_expansion_loss, cavga_score, grad_cam, vae_loss
 from msacl.runs import make_generator
 
@@ -56,7 +56,7 @@ def test_score_is_the_mean_absolute_error():
 SMALL = {"image_size": 32, "epochs": 2, "batch_size": 4, "width": 8, "latent_dim": 8}
 
 
-def test_fit_predict_save_load(synthetic_train, tmp_path):
+def test_fit_history_map_range_and_no_grad(synthetic_train):
     x = synthetic_train(8, 32)
     det = CAVGA(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     assert len(det.history) == 2 and set(det.history[0]) == {"critic", "vae", "adv", "ae"}
@@ -64,9 +64,6 @@ def test_fit_predict_save_load(synthetic_train, tmp_path):
     scores, maps = det.predict(x[:3])
     assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
     assert maps.min() >= -1e-6 and maps.max() <= 1 + 1e-6  # 1 - A, A normalised to a maximum of 1
-    det.save(tmp_path / "c.pt")
-    s2, m2 = Detector.load(tmp_path / "c.pt").predict(x[:3])
-    assert torch.allclose(s2, scores) and torch.allclose(m2, maps)
     with torch.no_grad():  # predict computes its Grad-CAM under a caller's no_grad too
         assert torch.allclose(det.predict(x[:3])[1], maps)
 

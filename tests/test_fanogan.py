@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from msacl.detectors.base import Detector, batches
+from msacl.detectors.base import batches
 from msacl.detectors.fanogan import (
     FAnoGAN,
     critic_loss,
@@ -69,7 +69,7 @@ SMALL = {"image_size": 32, "gan_epochs": 2, "epochs": 1, "batch_size": 4, "n_cri
          "latent_dim": 16}
 
 
-def test_fit_predict_save_load_and_seeds(synthetic_train, tmp_path):
+def test_fit_history_and_ranges(synthetic_train):
     x = synthetic_train(8, 32)
     det = FAnoGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     assert [set(h) for h in det.history] == [{"critic", "generator"}, {"critic", "generator"}, {"izif"}]
@@ -79,12 +79,6 @@ def test_fit_predict_save_load_and_seeds(synthetic_train, tmp_path):
     scores, maps = det.predict(x[:3])
     assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
     assert torch.isfinite(scores).all() and (scores > 0).all() and (maps >= 0).all()
-
-    det.save(tmp_path / "f.pt")
-    s2, m2 = Detector.load(tmp_path / "f.pt").predict(x[:3])
-    assert torch.equal(s2, scores) and torch.equal(m2, maps)
-    again = FAnoGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
-    assert torch.equal(again.predict(x[:3])[0], scores)
 
 
 def test_encoder_phase_leaves_the_gan_fixed(synthetic_train):

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from msacl.config import ConfigError
-from msacl.detectors.base import Detector, batches
+from msacl.detectors.base import batches
 from msacl.detectors.igd import (
     IGD,
     anomaly_classification_loss,
@@ -166,7 +166,7 @@ def test_construction_is_deterministic_and_leaves_the_global_rng_alone():
     assert not torch.equal(IGD(**SMALL, init_seed=1).model.head.weight, a.model.head.weight)
 
 
-def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(synthetic_train, tmp_path, capsys):
+def test_fit_history_loss_and_gaussian_buffers(synthetic_train, capsys):
     x = synthetic_train(8, 32)
     det = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(0), progress=True)
     assert "igd" in capsys.readouterr().err  # the tqdm bar goes to stderr
@@ -179,16 +179,6 @@ def test_fit_predict_shapes_gaussian_buffers_save_load_and_seeds(synthetic_train
     scores, maps = det.predict(x[:3])
     assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
     assert torch.isfinite(scores).all() and torch.isfinite(maps).all() and (maps >= 0).all()
-
-    det.save(tmp_path / "igd.pt")
-    loaded = Detector.load(tmp_path / "igd.pt")
-    s2, m2 = loaded.predict(x[:3])
-    assert isinstance(loaded, IGD) and torch.equal(s2, scores) and torch.equal(m2, maps)
-
-    again = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(0))
-    assert torch.equal(again.predict(x[:3])[0], scores)
-    other = IGD(**SMALL).fit(batches(x, 4), generator=make_generator(1))
-    assert not torch.equal(other.predict(x[:3])[0], scores)
 
 
 def test_local_model_adds_a_patch_map_and_loads_its_own_encoder(synthetic_train, tmp_path):

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from msacl.cli.main import main
 from msacl.config import ConfigError
-from msacl.detectors import Detector, batches
+from msacl.detectors import batches
 from msacl.detectors.ocgan import (
     OCGAN,
     discriminator_loss,
@@ -73,7 +73,7 @@ def test_score_is_the_mean_squared_reconstruction_error():
 SMALL = {"image_size": 32, "epochs": 2, "batch_size": 4, "width": 8, "latent_dim": 8, "mining_start": 1}
 
 
-def test_fit_predict_save_load(synthetic_train, tmp_path):
+def test_fit_history_and_ranges(synthetic_train):
     x = synthetic_train(8, 32)
     det = OCGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
     assert len(det.history) == 2 and set(det.history[0]) == {"visual", "latent", "classifier", "generator"}
@@ -81,11 +81,6 @@ def test_fit_predict_save_load(synthetic_train, tmp_path):
     assert det.model.ae.encode(x[:2]).abs().max() < 1  # tanh-bounded Z
     scores, maps = det.predict(x[:3])
     assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32) and (maps >= 0).all()
-    det.save(tmp_path / "o.pt")
-    s2, m2 = Detector.load(tmp_path / "o.pt").predict(x[:3])
-    assert torch.allclose(s2, scores) and torch.allclose(m2, maps)
-    again = OCGAN(**SMALL).fit(batches(x, 4), generator=make_generator(0))
-    assert torch.allclose(again.predict(x[:3])[0], scores)  # same generator, same detector
 
 
 def test_resume_equals_an_uninterrupted_fit(synthetic_train, tmp_path):
