@@ -84,7 +84,7 @@ def test_resume_equals_an_uninterrupted_fit(synthetic_train, tmp_path):
 def test_bad_settings_are_one_line_errors():
     for kw, error, msg in (({"latent_stride": 4}, ConfigError, "latent_stride"),
                            ({"batch_size": 1}, ConfigError, "batch_size"),
-                           ({"image_size": 48}, ConfigError, "^image_size must be a multiple of 32")):
+                           ({"image_size": 48}, ConfigError, r"^cavga\.image_size must be a multiple of 32")):
         with pytest.raises(error, match=msg) as e:
             CAVGA(**kw)
         assert "\n" not in str(e.value)

@@ -264,7 +264,7 @@ def test_fit_refuses_an_image_size_the_decoders_cannot_build_in_one_line(synthet
     code, out, err = cli(capsys, "fit", "--detector", detector, "--data", synthetic_data, "--out", tmp_path / "r",
                          "--quiet", *given)
     assert code == 1 and out == ""
-    assert err == f"msacl fit: error: image_size must be a multiple of 32 (at least 32), got {got}\n"
+    assert err == f"msacl fit: error: {detector}.image_size must be a multiple of 32 (at least 32), got {got}\n"
     assert not (tmp_path / "r").exists()
 
 

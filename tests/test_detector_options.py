@@ -55,14 +55,15 @@ def test_network_detectors_check_their_image_size_in_the_options():
     network = [name for name in REGISTRY if issubclass(REGISTRY[name].Options, NetworkOptions)]
     assert {"igd", "msssim_ae", "dae", "fanogan", "ocgan", "cavga"} <= set(network)
     for name in network:
+        refused = rf"^{name}\.image_size must be (a multiple of 32|an int or \[H, W\])"
         for bad in (50, 16, [64, 48], [64]):
-            with pytest.raises(ConfigError, match=r"^image_size must be (a multiple of 32|an int or \[H, W\])"):
+            with pytest.raises(ConfigError, match=refused):
                 options_for(name, image_size=bad)
         assert options_for(name, image_size=[64, 96]).image_size == [64, 96]
-    with pytest.raises(ConfigError, match="^patch_size must be a multiple of 32 .*got 20$"):
+    with pytest.raises(ConfigError, match=r"^dae\.patch_size must be a multiple of 32 .*got 20$"):
         options_for("dae", local=True, patch_size=20)
     assert options_for("dae", patch_size=20).patch_size == 20  # unused without local
-    with pytest.raises(ConfigError, match=r"^patch_size 64 is larger than the image \(32 x 96\)$"):
+    with pytest.raises(ConfigError, match=r"^igd\.patch_size 64 is larger than the image \(32 x 96\)$"):
         options_for("igd", local=True, image_size=[32, 96], patch_size=64)
     assert options_for("padim", image_size=50).image_size == 50  # feature detectors take any size
 
@@ -80,10 +81,10 @@ def test_settings_shared_by_detectors_are_declared_once():
     for name in ("ocgan", "dae", "fanogan"):
         assert issubclass(REGISTRY[name].Options, BlurOptions)
         assert "blur_sigma" not in REGISTRY[name].Options.__dict__.get("__annotations__", {})
-        with pytest.raises(ConfigError, match=r"^blur_sigma must be at least 0, got -1"):
+        with pytest.raises(ConfigError, match=rf"^{name}\.blur_sigma must be at least 0, got -1"):
             options_for(name, blur_sigma=-1)
     for name in ("padim", "patchcore", "panda"):
-        with pytest.raises(ConfigError, match=r"^sigma must be at least 0, got -1"):
+        with pytest.raises(ConfigError, match=rf"^{name}\.sigma must be at least 0, got -1"):
             options_for(name, sigma=-1)
 
 

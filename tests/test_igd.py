@@ -214,7 +214,7 @@ def test_bad_input_and_settings_are_named():
         det.predict(torch.rand(2, 3, 32, 32) * 255)
     with pytest.raises(DataError, match="at least 2 training images"):
         det.fit([torch.rand(1, 3, 32, 32)])
-    with pytest.raises(ConfigError, match="^image_size must be a multiple of 32"):
+    with pytest.raises(ConfigError, match=r"^igd\.image_size must be a multiple of 32"):
         IGD(image_size=50)
     with pytest.raises(ValueError, match="rho must be in"):
         IGD(image_size=32, rho=1.5)

@@ -99,7 +99,7 @@ def test_resume_equals_an_uninterrupted_fit(synthetic_train, tmp_path):
 def test_bad_settings_are_one_line_errors():
     for kw, error, msg in (({"batch_size": 1}, ConfigError, "batch_size"),
                            ({"latent_dim": 0}, ConfigError, "latent_dim"),
-                           ({"image_size": 40}, ConfigError, "^image_size must be a multiple of 32"),
+                           ({"image_size": 40}, ConfigError, r"^ocgan\.image_size must be a multiple of 32"),
                            ({"mining_start": -1}, ConfigError, "mining_start")):
         with pytest.raises(error, match=msg) as e:
             OCGAN(**kw)

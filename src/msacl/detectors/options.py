@@ -112,7 +112,7 @@ class PatchCoreOptions(FeatureOptions):
     def check(self) -> None:
         super().check()
         if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
 
 
 @dataclass
@@ -169,7 +169,7 @@ class PandaOptions(TrainedOptions):
             check_positive(name, getattr(self, name))
         check_positive("sigma", self.sigma, minimum=0)
         if self.grad_clip <= 0:
-            raise ConfigError(f"panda: grad_clip must be > 0, got {self.grad_clip}")
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
 
 
 @dataclass
@@ -226,7 +226,7 @@ class CAVGAOptions(NetworkOptions):
     def check(self) -> None:
         super().check()
         if self.latent_stride not in (8, 16, 32):
-            raise ConfigError(f"cavga: latent_stride must be 8, 16 or 32, got {self.latent_stride}")
+            raise ConfigError(f"latent_stride must be 8, 16 or 32, got {self.latent_stride}")
 
 
 @dataclass
@@ -314,7 +314,9 @@ def make_options(cls: type[O], options: DetectorOptions | None = None, where: st
                  **kwargs: Any) -> O:
     """``cls`` from an options object and / or keyword arguments, every value checked against its type.
 
-    Keyword arguments override the fields of ``options``. Raises ``ConfigError`` naming the setting.
+    Keyword arguments override the fields of ``options``. Raises ``ConfigError`` naming the setting, after
+    ``where`` (the detector) when given: ``padim.n_features: expected int, got 'abc'``, ``padim.sigma must be at
+    least 0, got -1.0``. (Every range check's message starts with the name of its setting.)
     """
     data: dict[str, Any] = {}
     if options is not None:
@@ -322,7 +324,12 @@ def make_options(cls: type[O], options: DetectorOptions | None = None, where: st
             raise ConfigError(f"{where or cls.__name__}: expected {cls.__name__}, got {type(options).__name__}")
         data = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
     data.update(kwargs)
-    return from_dict(cls, data, where=where)
+    try:
+        return from_dict(cls, data, where=where)
+    except ConfigError as e:  # a range check of ``check``: name the detector as the type checks do
+        if where and not str(e).startswith(where):
+            raise ConfigError(f"{where}.{e}") from None
+        raise
 
 
 def options_for(name: str, **kwargs: Any) -> DetectorOptions:
