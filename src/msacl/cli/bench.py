@@ -51,7 +51,8 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                         "weights can be had, else tf_efficientnet_lite0)")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
-    p.add_argument("--plan", action="store_true", help="print the jobs and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="print the jobs and the pre-training runs and steps they need, and exit")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the tables from OUT/results.jsonl without running any job (e.g. after a stop)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
