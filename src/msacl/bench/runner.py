@@ -52,7 +52,8 @@ def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "
 def pretraining_runs(jobs: list[Job]) -> list[tuple[str, str, int]]:
     """The distinct pre-training runs of ``jobs`` as (data set, variant, seed): those a job's encoder needs."""
     runs = {(j.dataset, j.variant, j.seed) for j in jobs if j.variant not in NO_PRETRAIN}
-    return sorted(runs, key=lambda r: ([j.dataset for j in jobs].index(r[0]), r[1], r[2]))
+    order = {d: i for i, d in enumerate(dict.fromkeys(j.dataset for j in jobs))}  # the data sets as planned
+    return sorted(runs, key=lambda r: (order[r[0]], r[1], r[2]))
 
 
 def pretraining_summary(jobs: list[Job], profile: Profile, data_root: Path) -> list[str]:
