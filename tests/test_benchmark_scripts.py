@@ -30,3 +30,21 @@ def test_weight_change_is_the_relative_l2_change_per_stage():
     # stem: ||(0, 0, 0, 2)|| / ||(1, 1, 1, 1)|| = 1; blocks.0 (both of its blocks): every weight 2 -> 2.2, so 0.1;
     # running statistics and the classifier are left out
     assert got == pytest.approx({"conv_stem": 1.0, "blocks.0": 0.1})
+
+
+def test_naive_padim_score_is_the_largest_mahalanobis_distance_of_the_map():
+    pn = load("padim_naive")
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(20, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
+    got = pn.padim_scores(train, test)
+    want = []
+    for t in test:  # one location at a time, from the definition
+        dists = []
+        for i in range(2):
+            for j in range(2):
+                x = train[:, :, i, j].double()
+                cov = torch.cov(x.T) + 0.01 * torch.eye(3, dtype=torch.float64)
+                d = t[:, i, j].double() - x.mean(0)
+                dists.append(float(d @ torch.linalg.solve(cov, d)) ** 0.5)
+        want.append(max(dists))
+    assert got.tolist() == pytest.approx(want, rel=1e-6)  # float32 in, float32 out
