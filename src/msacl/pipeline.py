@@ -122,8 +122,7 @@ def prepare_detector(
     initialisation depends on ``seed`` only (:func:`build_seeded`). ``encoders`` maps an encoder part
     (``"global"``, ``"local"``) to its weights (see :meth:`Detector.load_encoder`; None or empty leaves that
     part as built); an error names the part by ``flags[part]`` when given (e.g. ``--encoder``). Returns the
-    detector and a description of the weights
-    loaded into each part.
+    detector and a description of the weights loaded into each part.
     """
     kwargs = dict(settings)
     params = option_names(name) if name in REGISTRY else []
