@@ -49,6 +49,7 @@ examples:
   msacl fit --detector padim --data DIR --encoder imagenet --out runs/padim_in   # ImageNet ResNet-18
   msacl fit --detector padim --data DIR --backbone tf_efficientnet_lite0 --encoder imagenet --out runs/lite0
   msacl fit --detector patchcore --data DIR --out runs/pc --set coreset_ratio=0.05
+  msacl fit --detector padim --data DIR --encoder runs/pre --bn-stats train --out runs/padim_bn  # AdaBN
   msacl fit --detector igd --data DIR --out runs/igd --set epochs=50 --set local=true --encoder-local runs/pre_local
   msacl fit --detector padim --data DIR --out runs/x --print-config   # show every setting and exit
 
@@ -75,6 +76,10 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_backbone(p)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images per batch (default 32)")
+    p.add_argument("--bn-stats", choices=("encoder", "train"), default=None,
+                   help="BatchNorm statistics of a frozen encoder (padim, patchcore, panda, igd with "
+                        "freeze_encoder=true): 'encoder', those stored with the weights, or 'train', re-estimated "
+                        "on the training images before fitting (= --set bn_stats=...; default: the detector's)")
     p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
                    help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
                         "has no val/ with masks (default 0.1; 0 = none)")
@@ -134,6 +139,7 @@ def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
     size given (None: decided from the training images)."""
     from msacl.config import ConfigError
     from msacl.detectors import REGISTRY
+    from msacl.detectors.options import make_options
 
     if args.detector not in REGISTRY:
         raise MsaclError(f"detector {args.detector!r} is not available in this installation "
@@ -145,6 +151,12 @@ def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
         kwargs["backbone"] = backbone
     if args.batch_size is not None and "batch_size" in kwargs:
         kwargs["batch_size"] = args.batch_size
+    if args.bn_stats is not None:
+        if "bn_stats" not in kwargs:
+            raise MsaclError(f"--bn-stats: the {args.detector} detector trains its encoder, which learns its own "
+                             "BatchNorm statistics (the setting is for padim, patchcore, panda and igd with "
+                             "freeze_encoder=true)")
+        kwargs = make_options(cls.Options, where=cls.name, **(kwargs | {"bn_stats": args.bn_stats})).to_dict()
     if "init_seed" in kwargs and "init_seed" not in given:
         kwargs["init_seed"] = args.seed
     image_size = args.image_size

@@ -24,6 +24,7 @@ from msacl.config import ConfigError
 from msacl.detectors.options import DetectorOptions, make_options
 from msacl.errors import CheckpointError, MsaclError
 from msacl.models.encoders import IMAGENET
+from msacl.models.features import reestimate_batchnorm
 from msacl.names import DETECTORS, check_name
 from msacl.runs import atomic_torch_save, read_torch_file
 
@@ -86,6 +87,13 @@ class Detector(nn.Module):
         """The encoders whose weights can be loaded: ``{"global": ...}`` plus ``"local"`` for two-scale models."""
         enc = getattr(self, "encoder", None)
         return {"global": enc} if enc is not None else {}
+
+    def adapt_batchnorm(self, images: Iterable[torch.Tensor], part: str = "global") -> None:
+        """With ``bn_stats="train"`` (``FrozenEncoderOptions``), replace the ``part`` encoder's BatchNorm
+        running statistics by those of ``images`` (batches as the encoder will see them, before fitting);
+        otherwise nothing. See :func:`msacl.models.features.reestimate_batchnorm`."""
+        if getattr(self.options, "bn_stats", "encoder") == "train":
+            reestimate_batchnorm(self.encoder_parts()[part], images)
 
     def load_encoder(self, source: str | Path | None, part: str = "global") -> str:
         """Load encoder weights (``"imagenet"``, a weights file, or an ``msacl pretrain`` run directory or its

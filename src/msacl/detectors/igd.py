@@ -35,7 +35,7 @@ import torch
 from msacl.detectors.base import register
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.options import IGDOptions
-from msacl.detectors.patches import place_patch_maps
+from msacl.detectors.patches import extract_patches, place_patch_maps
 from msacl.detectors.training import rand, randperm, run_epochs
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
@@ -252,6 +252,13 @@ class IGD(TwoScaleDetector):
                           torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=(0.0, 0.9)))
             if c.freeze_encoder:
                 net.encoder.requires_grad_(False)
+        # bn_stats=train (frozen encoders only): the global encoder's statistics from the whole images, the local
+        # one's from every grid patch, as each is scored.
+        chunks = range(0, data.shape[0], c.batch_size)
+        self.adapt_batchnorm(data[i:i + c.batch_size].to(device) for i in chunks)
+        if self.local is not None:
+            self.adapt_batchnorm((extract_patches(data[i:i + c.batch_size], patch=c.patch_size,
+                                                  stride=c.patch_stride).to(device) for i in chunks), "local")
 
         def step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
             losses = self._step(self.model, *opts["global"], x, g)

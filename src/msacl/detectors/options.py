@@ -3,6 +3,8 @@
 One dataclass per detector; the settings several detectors share are declared once, in the base classes:
 
 * ``DetectorOptions``: ``backbone``, ``image_size``;
+* ``FrozenEncoderOptions`` (PaDiM, PatchCore, PANDA, IGD): ``bn_stats``, the BatchNorm statistics of the
+  frozen encoder;
 * ``FeatureOptions`` (PaDiM, PatchCore): ``strides`` (feature taps) and ``sigma`` (blur of the map);
 * ``BlurOptions`` (OCGAN, DAE, F-anoGAN): ``blur_sigma`` (blur of the map);
 * ``TrainedOptions`` (the detectors that train): ``epochs``, ``batch_size``, ``lr``;
@@ -77,7 +79,20 @@ class DetectorOptions:
 
 
 @dataclass
-class FeatureOptions(DetectorOptions):
+class FrozenEncoderOptions(DetectorOptions):
+    """Detectors that read a frozen encoder (PaDiM, PatchCore, PANDA, IGD with ``freeze_encoder``):
+    ``bn_stats`` says which BatchNorm running statistics it normalises with. ``"encoder"``: those stored with
+    the weights (ImageNet's, or a pre-training run's, which are those of its augmented views); ``"train"``:
+    re-estimated on the clean training images before fitting (one pass, cumulative mean, weights untouched:
+    ``msacl.models.features.reestimate_batchnorm``). The statistics are part of the fitted detector, so
+    ``test``, ``predict``, ``serve`` and ``export`` use the same ones. Default and measurements:
+    docs/benchmarks.md, "What pre-training does to PaDiM, BatchNorm controlled"."""
+
+    bn_stats: Literal["encoder", "train"] = "encoder"
+
+
+@dataclass
+class FeatureOptions(FrozenEncoderOptions):
     """Detectors on the features of a frozen encoder: ``strides`` are the feature taps (4, 8, 16, 32 or layer
     names), ``sigma`` the Gaussian blur of the pixel map (0 disables it)."""
 
@@ -145,7 +160,7 @@ class TrainedOptions(DetectorOptions):
 
 
 @dataclass
-class PandaOptions(TrainedOptions):
+class PandaOptions(TrainedOptions, FrozenEncoderOptions):
     """PANDA (see ``msacl.detectors.panda.Panda``)."""
 
     backbone: str = "resnet152"
@@ -254,7 +269,7 @@ class TwoScaleOptions(NetworkOptions):
 
 
 @dataclass
-class IGDOptions(TwoScaleOptions):
+class IGDOptions(TwoScaleOptions, FrozenEncoderOptions):
     """IGD (see ``msacl.detectors.igd.IGD`` for every setting)."""
 
     epochs: int = 256
@@ -274,6 +289,9 @@ class IGDOptions(TwoScaleOptions):
         super().check()
         for key in ("rho", "xi", "gamma", "xi_global", "xi_local", "beta"):
             check_unit(key, getattr(self, key))
+        if self.bn_stats == "train" and not self.freeze_encoder:
+            raise ConfigError("bn_stats=train needs freeze_encoder=true: an encoder IGD trains keeps "
+                              "re-estimating its statistics during training")
 
 
 @dataclass

@@ -183,16 +183,17 @@ class Padim(Detector):
         total_c = sum(self.layer_channels)
         perm = torch.randperm(total_c, generator=g, device=g.device)[: self.n_features]
         self.channel_index.copy_(perm.sort().values.to(self.channel_index.device))
-        self.encoder.eval()
         dev = self.mean.device
+        data = list(batches)
+        for x in data:
+            check_images(x, "padim.fit")
+        self.adapt_batchnorm(resize_square(x.to(dev), self.image_size) for x in data)
+        self.encoder.eval()
         d, p = self.mean.shape
         n = 0
         total = torch.zeros(d, p, dtype=torch.float64, device=dev)
         outer = torch.zeros(p, d, d, dtype=torch.float64, device=dev)
-        bar = tqdm(batches, desc="padim fit", unit="batch", disable=not progress,
-                   total=len(batches) if hasattr(batches, "__len__") else None)
-        for x in bar:
-            check_images(x, "padim.fit")
+        for x in tqdm(data, desc="padim fit", unit="batch", disable=not progress):
             # Contiguous (P, B, d): batched GEMMs over a strided view are an order of magnitude slower on CPU.
             e = self._positions(resize_square(x.to(dev), self.image_size)).double()
             total += e.sum(1).t()

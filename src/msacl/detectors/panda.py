@@ -245,6 +245,8 @@ class Panda(CheckpointedFit, Detector):
             for p, _ in flags:
                 p.requires_grad_(id(p) in trained)
             if loop.saved is None:
+                # Statistics of the weights before adaptation; a resumed fit has them in its checkpoint.
+                self.adapt_batchnorm(data[i:i + c.batch_size].to(self.device()) for i in range(0, n, c.batch_size))
                 self.center.copy_(self._features(data)[0].mean(0))
                 if c.regularizer == "ewc":
                     loop.extra = {"anchor": [p.detach().clone() for p in params],

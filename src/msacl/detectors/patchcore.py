@@ -186,13 +186,14 @@ class PatchCore(Detector):
         ``generator`` (None: seeded with 0) draws the projection and the first coreset point.
         """
         g = as_generator(generator)
-        self.encoder.eval()
         dev = self.memory_bank.device
-        feats, n = [], 0
-        bar = tqdm(batches, desc="patchcore features", unit="batch", disable=not progress,
-                   total=len(batches) if hasattr(batches, "__len__") else None)
-        for x in bar:
+        data = list(batches)
+        for x in data:
             check_images(x, "patchcore.fit")
+        self.adapt_batchnorm(resize_square(x.to(dev), self.image_size) for x in data)
+        self.encoder.eval()
+        feats, n = [], 0
+        for x in tqdm(data, desc="patchcore features", unit="batch", disable=not progress):
             e = self.embed(resize_square(x.to(dev), self.image_size))
             feats.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
             n += x.shape[0]

@@ -2,7 +2,8 @@
 
 :class:`FrozenFeatures` runs the taps through a BatchNorm-folded, channels-last copy of the encoder
 (:func:`fold_batchnorm`), rebuilt whenever its weights change; :func:`feature_grid` is the side of a tap's
-feature map for a given input size.
+feature map for a given input size; :func:`reestimate_batchnorm` replaces an encoder's BatchNorm running
+statistics by those of given images (AdaBN, Li et al. 2016), the detectors' ``bn_stats="train"``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +31,50 @@ def evaluating(module: nn.Module):
         yield module
     finally:
         module.train(was)
+
+
+def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``module`` that keep running statistics, in registration order."""
+    return [m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def reestimate_batchnorm(encoder: Encoder, images: Iterable[torch.Tensor]) -> int:
+    """Replace the running statistics of every BatchNorm in ``encoder`` by those of ``images`` (one pass).
+
+    Each BatchNorm's running mean and (unbiased) variance become the plain mean over the batches of the batch
+    statistics it sees (``momentum=None``, torch's cumulative average), with every BatchNorm normalising by
+    its batch statistics during the pass, as in training; weights, the other buffers and the encoder's mode
+    are left as they were. This is AdaBN (Li et al. 2016) and what ``torch.optim.swa_utils.update_bn`` does.
+
+    Args:
+        encoder: the encoder whose statistics are replaced (in place).
+        images: batches (B, C, H, W) in [0, 1] (moved to the encoder's device); each batch counts once in the
+            mean, whatever its size, as in torch's cumulative average.
+
+    Returns:
+        The number of images seen. Raises ``MsaclError`` when there was none.
+    """
+    layers = batchnorms(encoder.backbone)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    n = 0
+    was = encoder.training
+    try:
+        encoder.train()
+        for x in images:
+            encoder(x.to(encoder.mean.device))
+            n += x.shape[0]
+    finally:
+        encoder.train(was)
+        for m, mom in zip(layers, momenta, strict=True):
+            m.momentum = mom
+    if n == 0:
+        raise MsaclError("bn_stats=train: no training images to estimate the BatchNorm statistics on")
+    return n
 
 
 def feature_grid(encoder: Encoder, image_size: int, stride: int) -> int:
