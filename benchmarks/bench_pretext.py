@@ -41,6 +41,7 @@ def last_epoch_terms(run: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from msacl.bench.grid import PROFILES, Row, Table, resolve_backbone
     from msacl.bench.runner import run_grid
+    from msacl.bench.tables import paired_difference
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/pretext")
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: the cpu profile's)")
     p.add_argument("--backbone", default=None, help="default: the cpu profile's (auto)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--bn-stats", nargs="+", choices=("encoder", "train"), default=["encoder", "train"],
+                   help="BatchNorm statistics PaDiM runs under (default: both, so the weights' effect can be read "
+                        "apart from the statistics')")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    p.add_argument("--precision", default=None, help="pre-training precision (default: the profile's, 32-true)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="pre-training settings of every run, e.g. optim.lr=0.05 (use a fresh --out per setting)")
     a = p.parse_args(argv)
@@ -58,27 +64,40 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = value
-    profile = dataclasses.replace(PROFILES["cpu"], pretrain_overrides=overrides)
+    profile = dataclasses.replace(PROFILES["cpu"], pretrain_overrides=overrides, bn_stats=tuple(a.bn_stats))
+    if a.precision:
+        profile.precision = a.precision
     if a.epochs:
         profile.pretrain_epochs = a.epochs
     backbone = a.backbone or resolve_backbone(profile.backbone)
     table = Table("pretext", "pretext", tuple(Row(v, v, "padim") for v in a.variants), ())
     out = Path(a.out)
     recs = run_grid(profile, [table], DATA_ROOT, out, list(a.data), seeds=a.seeds, backbone=backbone,
-                    device="cpu", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True))
-    by = defaultdict(list)
+                    device=a.device, progress=False, log=lambda m: print(m, file=sys.stderr, flush=True))
+    by: dict[tuple[str, str, str], dict[int, dict[str, float]]] = defaultdict(dict)
     for r in recs:
-        by[(r["dataset"], r["variant"])].append(r["metrics"]["image_auroc"])
-    print(f"backbone {backbone}, {profile.pretrain_epochs} pre-training epochs, PaDiM image AUROC mean +- std "
-          f"over {a.seeds} seed(s)")
-    print(f"{'data':<22}" + "".join(f"{v:>16}" for v in a.variants))
+        by[(r["dataset"], r["variant"], r.get("bn_stats") or "encoder")][r["seed"]] = r["metrics"]
+    print(f"backbone {backbone}, {profile.pretrain_epochs} pre-training epochs, PaDiM mean +- std over seeds; "
+          "weights = paired difference to ImageNet under the same BatchNorm statistics [95 % t interval]")
+    print(f"{'data':<22}{'encoder':<16}{'BN stats':<10}{'n':>3}{'image AUROC':>18}{'pixel AUROC':>18}"
+          f"{'weights (image)':>30}")
     for d in a.data:
-        cells = []
         for v in a.variants:
-            xs = by.get((d, v), [])
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            cells.append(f"{statistics.mean(xs):.3f} +- {sd:.3f}" if xs else "-")
-        print(f"{d:<22}" + "".join(f"{c:>16}" for c in cells))
+            for bn in a.bn_stats:
+                runs = by.get((d, v, bn), {})
+                if not runs:
+                    continue
+                cols = []
+                for m in ("image_auroc", "pixel_auroc"):
+                    xs = [x[m] for x in runs.values() if x.get(m) is not None]
+                    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+                    cols.append(f"{statistics.mean(xs):.3f} +- {sd:.3f}" if xs else "-")
+                ref = by.get((d, "imagenet", bn), {})
+                diff = None if v in ("imagenet", "random") else paired_difference(
+                    {k: x["image_auroc"] for k, x in runs.items()}, {k: x["image_auroc"] for k, x in ref.items()})
+                dtext = "-" if diff is None else (f"{diff['mean']:+.3f}" + (
+                    f" [{diff['lo']:+.3f}, {diff['hi']:+.3f}]" if diff["lo"] is not None else " (1 seed)"))
+                print(f"{d:<22}{v:<16}{bn:<10}{len(runs):>3}{cols[0]:>18}{cols[1]:>18}{dtext:>30}")
     print(f"\nlast-epoch pretext losses (ln 4 = {math.log(4):.3f}; target l_aug < 0.8 ln 4 = {0.8 * math.log(4):.3f})")
     for d in a.data:
         for v in a.variants:

@@ -27,8 +27,14 @@ def test_plan_shares_jobs_between_tables():
     keys = [j.key for j in jobs]
     assert len(keys) == len(set(keys))
     # MSACL-PaDiM on Kvasir is in Table 1, Table 3, Fig. 6 left and right: computed once per seed.
-    assert keys.count("kvasir_seg_patch128|resnet18|msacl|padim|0") == 1
+    # ... under each BatchNorm setting of the profile (both: the encoder comparisons never mix the two effects).
+    assert keys.count("kvasir_seg_patch128|resnet18|msacl|padim|0|bn=encoder") == 1
+    assert keys.count("kvasir_seg_patch128|resnet18|msacl|padim|0|bn=train") == 1
     assert {j.seed for j in jobs} == {0, 1}
+    # A detector that trains its encoder has no BatchNorm setting; PatchCore runs under its default only.
+    assert "kvasir_seg_patch128|resnet18|msacl|igd|0" in keys
+    assert [j.bn_stats for j in jobs if j.detector == "patchcore" and j.seed == 0
+            and j.dataset == "odir_fundus_256"] == ["encoder"]
     # Tables limited to other data sets contribute nothing for odir beyond Table 1 and Table 3.
     assert not [j for j in jobs if j.dataset == "odir_fundus_256" and j.variant == "simclr"]
 
@@ -36,24 +42,57 @@ def test_plan_shares_jobs_between_tables():
 def test_aggregate_mean_std_and_markdown():
     t = Table("t", "T", (Row("PaDiM", "random", "padim"),), ())
     recs = [{"dataset": "d", "variant": "random", "detector": "padim", "metrics": {"image_auroc": v},
-             "pretrain_seconds": 0, "fit_seconds": 1.0, "test_seconds": 1.0} for v in (0.6, 0.8)]
+             "seed": i, "bn_stats": "train", "pretrain_seconds": 0, "fit_seconds": 1.0, "test_seconds": 1.0}
+            for i, v in enumerate((0.6, 0.8))]
     agg = aggregate([t], recs, ["d"])
     cell = agg[0]["rows"][0]["cells"]["d"]["image_auroc"]
     assert abs(cell["mean"] - 0.7) < 1e-12 and abs(cell["std"] - 0.1414213562) < 1e-6 and cell["n"] == 2
     md = markdown(agg, Profile("x", {}, 1, 2, 2, reductions=("less",)))
-    assert "| PaDiM | 0.700 ± 0.141 | 2 s |" in md and "- less" in md
+    assert "| PaDiM | train | 0.700 ± 0.141 | 2 s |" in md and "- less" in md
+    # A cell with fewer seeds than the profile's says so.
+    assert "| PaDiM | train | 0.700 ± 0.141 (n=2) | 2 s |" in markdown(agg, Profile("x", {}, 1, 2, 3))
+
+
+def test_paired_difference_to_imagenet_per_bn_setting():
+    """Each pre-trained row is compared with the ImageNet row of the same BatchNorm setting, seed by seed, with a
+    95 % t interval (the reference: scipy's one-sample t interval of the differences)."""
+    from scipy import stats
+
+    t = Table("t", "T", (Row("PaDiM", "imagenet", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())
+    auc = {("imagenet", "encoder"): [0.66, 0.65, 0.64], ("msacl", "encoder"): [0.70, 0.66, 0.65],
+           ("imagenet", "train"): [0.70, 0.71, 0.69], ("msacl", "train"): [0.68, 0.70, 0.70]}
+    recs = [{"dataset": "d", "variant": v, "detector": "padim", "bn_stats": bn, "seed": i,
+             "metrics": {"image_auroc": x}} for (v, bn), xs in auc.items() for i, x in enumerate(xs)]
+    agg = aggregate([t], recs, ["d"], Profile("x", {}, 1, 2, 3, bn_stats=("encoder", "train")))
+    rows = {(r["variant"], r["bn_stats"]): r["cells"]["d"] for r in agg[0]["rows"]}
+    assert set(rows) == set(auc) and "vs_imagenet" not in rows[("imagenet", "train")]
+    for bn in ("encoder", "train"):
+        d = [a - b for a, b in zip(auc[("msacl", bn)], auc[("imagenet", bn)], strict=True)]
+        lo, hi = stats.t.interval(0.95, len(d) - 1, loc=sum(d) / 3, scale=stats.sem(d))
+        got = rows[("msacl", bn)]["vs_imagenet"]["image_auroc"]
+        assert got["mean"] == pytest.approx(sum(d) / 3) and (got["lo"], got["hi"]) == pytest.approx((lo, hi))
+    md = markdown(agg, Profile("x", {}, 1, 2, 3))
+    assert "| MSACL - PaDiM | train | 0.693 ± 0.012<br>Δ -0.007 [" in md
+
+
+def test_quoted_rows_are_marked_with_their_reason():
+    agg = aggregate([t for t in tables() if t.key == "table1"], [], ["kvasir_seg_patch128"])
+    md = markdown(agg, PROFILES["cpu"])
+    assert "| ADGAN (quoted*) | - | 0.913 |" in md
+    assert "* ADGAN's figure is the papers' own" in md and "only as an abstract" in md
 
 
 def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
-    profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1)
+    profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1,
+                      bn_stats=("encoder",))
     tabs = [Table("t", "tiny table", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())]
     out = tmp_path / "bench"
     logs: list[str] = []
     lite0 = "tf_efficientnet_lite0"
     recs = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
                     device="cpu", progress=False, log=logs.append)
-    assert [(r["variant"], r["detector"], r["backbone"]) for r in recs] == [
-        ("random", "padim", lite0), ("msacl", "padim", lite0)]
+    assert [(r["variant"], r["detector"], r["backbone"], r["bn_stats"]) for r in recs] == [
+        ("random", "padim", lite0, "encoder"), ("msacl", "padim", lite0, "encoder")]
     run = out / "pretrain" / "synthetic" / lite0 / "msacl" / "seed0"
     # Each job's numbers are those `msacl fit` + `msacl test` give with the same settings (random init and the
     # job's pre-trained encoder), and the image AUROC is scikit-learn's over the per-image scores.
@@ -80,8 +119,8 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
     starts = [x for x in logs if x.startswith("[bench] job ")]
-    assert starts[0] == "[bench] job 1/2 synthetic random padim seed 0"
-    assert starts[1].startswith("[bench] job 2/2 synthetic msacl padim seed 0 (ETA ")
+    assert starts[0] == "[bench] job 1/2 synthetic random padim (BN encoder) seed 0"
+    assert starts[1].startswith("[bench] job 2/2 synthetic msacl padim (BN encoder) seed 0 (ETA ")
     # A second run finds every job done and runs nothing.
     again = run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
                      device="cpu", progress=False, log=logs.append)
@@ -98,12 +137,13 @@ def test_run_grid_loads_the_grey_sets_grey(synthetic_data, tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     (root / "brain_tumor_mri_224").symlink_to(synthetic_data, target_is_directory=True)
-    profile = Profile("tiny", {"brain_tumor_mri_224": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1)
+    profile = Profile("tiny", {"brain_tumor_mri_224": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1,
+                      bn_stats=("train",))
     tabs = [Table("t", "tiny", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim")), ())]
     logs: list[str] = []
     recs = run_grid(profile, tabs, root, tmp_path / "bench", ["brain_tumor_mri_224"], seeds=1,
                     backbone="tf_efficientnet_lite0", device="cpu", progress=False, log=logs.append)
-    assert [r["channels"] for r in recs] == [1, 1]
+    assert [(r["channels"], r["bn_stats"]) for r in recs] == [(1, "train"), (1, "train")]
     assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in recs)
     assert any(", grey (" in x for x in logs)
 
@@ -162,7 +202,7 @@ def test_truncated_result_line_is_run_again(tmp_path):
 def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "kvasir_seg_patch128", "--tables", "fig6_right"]) == 0
     out = capsys.readouterr().out
-    assert "9 jobs" in out and "simclr" in out and "imagenet" in out and "msacl-scratch" in out
+    assert "18 jobs" in out and "simclr" in out and "imagenet" in out and "msacl-scratch" in out
     assert "csi" in out and "droc" in out
     assert main(["bench", "--plan", "--data", "nope"]) == 1
     assert "unknown data set" in capsys.readouterr().err
@@ -173,12 +213,12 @@ def test_cli_bench_plan_and_bad_names(capsys):
     assert main(["bench", "--plan", "--seeds", "1", "--data", "pneumoniamnist_28", "--tables", "fig6_right",
                  "table1"]) == 0
     cap = capsys.readouterr()
-    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "15 jobs" in cap.out
+    assert "fig6_right is defined on kvasir_seg_patch128 only" in cap.err and "19 jobs" in cap.out
 
 
 def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
-    rec = {"key": "kvasir_seg_patch128|resnet18|msacl|padim|0", "backbone": "resnet18",
-           "dataset": "kvasir_seg_patch128", "variant": "msacl",
+    rec = {"key": "kvasir_seg_patch128|resnet18|msacl|padim|0|bn=train", "backbone": "resnet18",
+           "dataset": "kvasir_seg_patch128", "variant": "msacl", "bn_stats": "train",
            "detector": "padim", "seed": 0, "metrics": {"image_auroc": 0.61}, "pretrain_seconds": 200.0,
            "fit_seconds": 2.0, "test_seconds": 1.0}
     (tmp_path / "results.jsonl").write_text(json.dumps(rec) + "\n")
@@ -186,7 +226,8 @@ def test_cli_report_only_rewrites_tables_from_results(tmp_path, capsys):
             "--out", str(tmp_path), "--report-only"]
     assert main(argv) == 0
     md = (tmp_path / "tables.md").read_text()
-    assert "1 of 9 jobs done" in md and "| MSACL | 0.610 |" in md and "| SimCLR | - |" in md
+    assert "1 of 18 jobs done" in md and "| MSACL | train | 0.610 |" in md and "| SimCLR | encoder | - |" in md
+    assert "| MSACL | encoder | - |" in md
     assert (tmp_path / "fig6_right.png").is_file()
 
 

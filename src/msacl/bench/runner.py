@@ -29,24 +29,45 @@ class Job:
     detector: str
     seed: int
     backbone: str = "resnet18"
+    bn_stats: str | None = None  # None: the detector has no frozen encoder (it trains its own statistics)
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}|{self.backbone}|{self.variant}|{self.detector}|{self.seed}"
+        bn = f"|bn={self.bn_stats}" if self.bn_stats else ""
+        return f"{self.dataset}|{self.backbone}|{self.variant}|{self.detector}|{self.seed}{bn}"
 
 
-def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "resnet18") -> list[Job]:
-    """Distinct jobs of the selected tables, ordered by data set, then variant (so pre-training is reused)."""
+def bn_settings(detector: str, profile: Profile) -> tuple[str | None, ...]:
+    """The BatchNorm settings ``detector``'s jobs run under: every one of ``profile.bn_stats`` for the rows that
+    compare encoders (``profile.bn_compared``), the detector's default for another frozen encoder, and (None,)
+    for a detector that trains its encoder."""
+    from msacl.detectors.options import options_for
+
+    o = options_for(detector, **profile.detector_kwargs.get(detector, {}))
+    if not hasattr(o, "bn_stats") or not getattr(o, "freeze_encoder", True):
+        return (None,)
+    return tuple(profile.bn_stats) if detector in profile.bn_compared else (o.bn_stats,)
+
+
+def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "resnet18",
+         profile: Profile | None = None) -> list[Job]:
+    """Distinct jobs of the selected tables, ordered by data set, then variant (so pre-training is reused); each
+    frozen-encoder row once per BatchNorm setting of ``profile`` (default: the ``cpu`` profile's)."""
+    from msacl.bench.grid import PROFILES
+
+    profile = profile or PROFILES["cpu"]
+    bn = {r.detector: bn_settings(r.detector, profile) for t in tables for r in t.rows}
     jobs = {
-        Job(d, r.variant, r.detector, s, backbone)
+        Job(d, r.variant, r.detector, s, backbone, b)
         for t in tables
         for d in (t.datasets or datasets)
         if d in datasets
         for r in t.rows
         for s in range(seeds)
+        for b in bn[r.detector]
     }
     return sorted(jobs, key=lambda j: (datasets.index(j.dataset), j.variant != "random", j.variant, j.seed,
-                                       j.detector))
+                                       j.detector, j.bn_stats or ""))
 
 
 def pretraining_runs(jobs: list[Job]) -> list[tuple[str, str, int]]:
@@ -104,7 +125,8 @@ def progress_line(job: Job, number: int, total: int, finished_seconds: list[floa
     The ETA is the mean time of the jobs ``finished_seconds`` in this invocation times the jobs left, this one
     included; without a finished job there is no ETA yet.
     """
-    line = f"[bench] job {number}/{total} {job.dataset} {job.variant} {job.detector} seed {job.seed}"
+    bn = f" (BN {job.bn_stats})" if job.bn_stats else ""
+    line = f"[bench] job {number}/{total} {job.dataset} {job.variant} {job.detector}{bn} seed {job.seed}"
     if finished_seconds:
         mean = sum(finished_seconds) / len(finished_seconds)
         line += f" (ETA {format_duration(mean * (total - number + 1))})"
@@ -216,10 +238,23 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     return enc_path, pre.get("seconds", float("nan")), pre.get("precision", "32-true")
 
 
+def _versions() -> dict[str, str]:
+    """The library versions a result was measured with."""
+    import platform
+
+    import torch
+
+    import msacl
+
+    return {"msacl": getattr(msacl, "__version__", "?"), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def _result_line(job: Job, metrics: Metrics) -> str:
     """The log line of a finished job: its image (and pixel) AUROC."""
     pixel_auroc = None if metrics.pixel is None else metrics.pixel.pixel_auroc
-    return (f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9} seed {job.seed}: "
+    bn = f" (BN {job.bn_stats})" if job.bn_stats else ""
+    return (f"[bench] {job.dataset} {job.variant:>17} {job.detector:>9}{bn} seed {job.seed}: "
             f"image AUROC {_fmt(metrics.image_auroc)}"
             + (f", pixel AUROC {pixel_auroc:.3f}" if pixel_auroc is not None else ""))
 
@@ -235,7 +270,7 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done = read_results(results_path)
-    jobs = plan(tables, datasets, seeds, backbone)
+    jobs = plan(tables, datasets, seeds, backbone, profile)
     todo = [j for j in jobs if j.key not in done]
     dev = resolve_device(device)
     precision = resolve_precision(profile.precision, dev.type)
@@ -253,15 +288,19 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
             t_job = time.perf_counter()
             enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, out, backbone, dev.type,
                                                       precision, progress, log)
-            det, _ = prepare_detector(job.detector, detector_kwargs(job.detector, profile, backbone), train,
-                                      seed=job.seed, encoders={"global": enc_path})
+            settings = detector_kwargs(job.detector, profile, backbone)
+            if job.bn_stats:
+                settings["bn_stats"] = job.bn_stats
+            det, _ = prepare_detector(job.detector, settings, train, seed=job.seed, encoders={"global": enc_path})
             fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
             metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold.threshold,
                                           seed=job.seed, device=dev, progress=progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
                 "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]),
-                "profile": profile.name, "backbone": backbone,
+                "profile": profile.name, "backbone": backbone, "bn_stats": job.bn_stats,
+                "settings": det.config, "pretrain_overrides": dict(profile.pretrain_overrides),
+                "versions": _versions(),
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
                 "fit_seconds": round(fit.fit_seconds, 2),
                 "test_seconds": metrics.test_seconds,

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from msacl.bench.grid import PAPER_NAME, Profile, Table
+from msacl.bench.grid import NO_PRETRAIN, PAPER_NAME, Profile, Row, Table
 from msacl.runs import atomic_write_text
 
 METRIC_NAMES = {
@@ -25,33 +25,78 @@ def _stats(values: list[float]) -> dict[str, Any]:
             "n": len(vals), "values": vals}
 
 
-def aggregate(tables: list[Table], records: list[dict[str, Any]], datasets: list[str]) -> list[dict[str, Any]]:
-    """One entry per table: rows x data sets x metrics, mean/std over seeds, and wall time per row."""
-    by: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of ``a[seed] - b[seed]`` over the seeds both have, with a two-sided 95 % t interval (None with fewer
+    than 2 pairs: no interval)."""
+    from scipy import stats
+
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b)) if a[s] is not None and b[s] is not None]
+    if len(diffs) < 2:
+        return {"mean": diffs[0], "lo": None, "hi": None, "n": 1} if diffs else None
+    m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    return {"mean": m, "lo": m - half, "hi": m + half, "n": len(diffs)}
+
+
+def _bn_of(records: list[dict[str, Any]], row: Row, profile: Profile | None) -> tuple[str | None, ...]:
+    """The BatchNorm settings a row runs under: the profile's plan, or else those found in the records."""
+    if profile is not None:
+        from msacl.bench.runner import bn_settings
+
+        return bn_settings(row.detector, profile)
+    found = sorted({r.get("bn_stats") or "" for r in records
+                    if (r["variant"], r["detector"]) == (row.variant, row.detector)})
+    return tuple(b or None for b in found) or (None,)
+
+
+def aggregate(tables: list[Table], records: list[dict[str, Any]], datasets: list[str],
+              profile: Profile | None = None) -> list[dict[str, Any]]:
+    """One entry per table: rows (one per BatchNorm setting of a frozen-encoder row) x data sets x metrics, mean
+    and std over seeds, the wall time per row, and for a pre-trained encoder the paired difference to the
+    ImageNet row of the same detector and BatchNorm setting (per seed, 95 % interval)."""
+    by: dict[tuple[str, str, str, str | None], list[dict[str, Any]]] = {}
     for r in records:
-        by.setdefault((r["dataset"], r["variant"], r["detector"]), []).append(r)
+        by.setdefault((r["dataset"], r["variant"], r["detector"], r.get("bn_stats")), []).append(r)
     out = []
     for t in tables:
         ds = [d for d in (t.datasets or datasets) if d in datasets]
         rows = []
         for row in t.rows:
-            cells = {}
-            for d in ds:
-                recs = by.get((d, row.variant, row.detector), [])
-                cell = {m: _stats([r["metrics"].get(m) for r in recs]) for m in t.metrics}
-                secs = [(r.get("pretrain_seconds") or 0) + (r.get("fit_seconds") or 0) + (r.get("test_seconds") or 0)
-                        for r in recs]
-                cell["seconds"] = _stats(secs)
-                cells[d] = cell
-            rows.append({"label": row.label, "variant": row.variant, "detector": row.detector, "cells": cells})
-        out.append({"key": t.key, "title": t.title, "datasets": ds, "metrics": list(t.metrics), "rows": rows})
+            for bn in _bn_of(records, row, profile):
+                cells = {}
+                for d in ds:
+                    recs = by.get((d, row.variant, row.detector, bn), [])
+                    ref = by.get((d, "imagenet", row.detector, bn), [])
+                    cell: dict[str, Any] = {m: _stats([r["metrics"].get(m) for r in recs]) for m in t.metrics}
+                    if row.variant not in NO_PRETRAIN and ref:
+                        cell["vs_imagenet"] = {
+                            m: paired_difference({r["seed"]: r["metrics"].get(m) for r in recs},
+                                                 {r["seed"]: r["metrics"].get(m) for r in ref}) for m in t.metrics}
+                    secs = [(r.get("pretrain_seconds") or 0) + (r.get("fit_seconds") or 0)
+                            + (r.get("test_seconds") or 0) for r in recs]
+                    cell["seconds"] = _stats(secs)
+                    cells[d] = cell
+                rows.append({"label": row.label, "variant": row.variant, "detector": row.detector, "bn_stats": bn,
+                             "cells": cells})
+        quoted = [{"label": q.label, "values": dict(q.values), "note": q.note} for q in t.quoted]
+        out.append({"key": t.key, "title": t.title, "datasets": ds, "metrics": list(t.metrics), "rows": rows,
+                    "quoted": quoted})
     return out
 
 
-def _fmt(s: dict[str, Any]) -> str:
+def _fmt(s: dict[str, Any], seeds: int) -> str:
     if s["mean"] is None:
         return "-"
-    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+    text = f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+    return text + (f" (n={s['n']})" if s["n"] < seeds else "")
+
+
+def _fmt_diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return ""
+    if d["lo"] is None:
+        return f"<br>Δ {d['mean']:+.3f} (1 seed)"
+    return f"<br>Δ {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
 def _fmt_time(s: dict[str, Any]) -> str:
@@ -62,25 +107,39 @@ def _fmt_time(s: dict[str, Any]) -> str:
 
 
 def markdown(agg: list[dict[str, Any]], profile: Profile, header: str = "") -> str:
+    """The tables in Markdown. A cell is mean ± std over seeds, ``(n=k)`` when fewer than the profile's seeds
+    finished; under it, for a pre-trained encoder, Δ: its paired difference to the ImageNet row (same detector,
+    same BatchNorm setting, same seeds) with a 95 % t interval. Quoted rows (the papers' own figures for a
+    method this library cannot run) are marked and explained under the table."""
     lines = [header] if header else []
     for t in agg:
         if not t["datasets"]:
             continue
         lines += ["", f"### {t['title']}", ""]
-        cols = []
-        for d in t["datasets"]:
-            for m in t["metrics"]:
-                cols.append((d, m))
-        head = ["method"] + [f"{PAPER_NAME.get(d, d)}{'' if len(t['metrics']) == 1 else ' ' + METRIC_NAMES[m]}"
-                             for d, m in cols] + ["wall time / seed"]
+        cols = [(d, m) for d in t["datasets"] for m in t["metrics"]]
+        head = ["method", "BN stats"] + [
+            f"{PAPER_NAME.get(d, d)}{'' if len(t['metrics']) == 1 else ' ' + METRIC_NAMES[m]}" for d, m in cols
+        ] + ["wall time / seed"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for row in t["rows"]:
             secs = [row["cells"][d]["seconds"]["mean"] for d in t["datasets"]
                     if row["cells"][d]["seconds"]["mean"] is not None]
             wall = _fmt_time({"mean": sum(secs) if secs else None})
-            cells = [_fmt(row["cells"][d][m]) for d, m in cols]
-            lines.append("| " + " | ".join([row["label"], *cells, wall]) + " |")
+            cells = [_fmt(row["cells"][d][m], profile.seeds)
+                     + _fmt_diff(row["cells"][d].get("vs_imagenet", {}).get(m)) for d, m in cols]
+            lines.append("| " + " | ".join([row["label"], row["bn_stats"] or "trained", *cells, wall]) + " |")
+        notes = []
+        for i, q in enumerate(t["quoted"], 1):
+            cells = [f"{q['values'][d]:.3f}" if d in q["values"] and m == t["metrics"][0] else "-" for d, m in cols]
+            lines.append("| " + " | ".join([f"{q['label']} (quoted{'*' * i})", "-", *cells, "-"]) + " |")
+            notes.append(f"{'*' * i} {q['note']}")
+        if notes:
+            lines += [""] + notes
+    lines += ["", "BN stats: the BatchNorm statistics of a frozen encoder (`encoder`: stored with the weights; "
+              "`train`: re-estimated on the training images); `trained`: the detector trains its encoder. "
+              "Δ: paired difference to the ImageNet row of the same detector and BN setting, mean over seeds "
+              "[95 % t interval]. (n=k): only k seeds finished."]
     lines += ["", f"Profile `{profile.name}`, backbone `{profile.backbone}`; reduced from the papers:"]
     lines += [f"- {r}" for r in profile.reductions]
     return "\n".join(lines) + "\n"

@@ -46,6 +46,10 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, metavar="P",
                    help="pre-training precision, e.g. 32-true, bf16-mixed, or auto (bf16-mixed where the device "
                         "computes bf16 natively); default 32-true")
+    p.add_argument("--bn-stats", nargs="+", choices=("encoder", "train"), default=None, metavar="S",
+                   help="BatchNorm statistics of the encoder-comparison rows (PaDiM): encoder (stored with the "
+                        "weights), train (re-estimated on the training images), or both (the default), so that "
+                        "the weights' effect is never mixed with the statistics'")
     p.add_argument("--backbone", "--arch", dest="backbone", default=None, metavar="NAME",
                    help="encoder backbone of every row (default: the profile's; cpu: resnet18 when its ImageNet "
                         "weights can be had, else tf_efficientnet_lite0)")
@@ -71,6 +75,10 @@ def _profile(args: argparse.Namespace) -> Profile:
             f"{args.epochs} pre-training epochs instead of 2000",)
     if args.precision is not None:
         profile.precision = args.precision
+    if args.bn_stats is not None:
+        profile.bn_stats = tuple(args.bn_stats)
+    if args.seeds is not None:
+        profile.seeds = args.seeds
     return profile
 
 
@@ -115,10 +123,11 @@ def run(args: argparse.Namespace) -> int:
     if backbone == "auto":  # --plan / --report-only never look for weights: read the backbone of earlier results
         backbone = _backbone_of(Path(args.out) / "results.jsonl") or LITE0
     profile.backbone = backbone
-    jobs = plan(all_tables, datasets, seeds, backbone)
+    jobs = plan(all_tables, datasets, seeds, backbone, profile)
     if args.plan:
         for j in jobs:
-            print(f"{j.dataset:22} {j.backbone:22} {j.variant:18} {j.detector:10} seed {j.seed}")
+            print(f"{j.dataset:22} {j.backbone:22} {j.variant:18} {j.detector:10} seed {j.seed}"
+                  + (f"  BN {j.bn_stats}" if j.bn_stats else ""))
         print(f"{len(jobs)} jobs")
         print("\n".join(pretraining_summary(jobs, profile, Path(args.data_root))))
         return 0
@@ -130,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             raise MsaclError(f"{out / 'results.jsonl'}: no results of the selected jobs yet")
         header = (f"# msacl bench, profile `{profile.name}`, up to {seeds} seed(s): {len(records)} of "
                   f"{len(jobs)} jobs done\n\nMachine: {platform.platform()}, {os.cpu_count()} CPU cores.")
-        files = write_tables(aggregate(all_tables, records, datasets), profile, out, header)
+        files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
         print(files["markdown"].read_text())
         return 0
     RunDir.create(out, config={"profile": to_dict(profile), "datasets": datasets, "seeds": seeds,
@@ -145,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
               f"--seeds {seeds}"
               f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}"
               f"{f' --epochs {args.epochs}' if args.epochs is not None else ''}"
-              f"{f' --precision {args.precision}' if args.precision is not None else ''}`. "
+              f"{f' --precision {args.precision}' if args.precision is not None else ''}"
+              f"{' --bn-stats ' + ' '.join(args.bn_stats) if args.bn_stats else ''}`. "
               f"This invocation ran {time.perf_counter() - t0:.0f} s.")
-    files = write_tables(aggregate(all_tables, records, datasets), profile, out, header)
+    files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
     print(files["markdown"].read_text())
     print(f"tables: {files['markdown']}  {files['json']}")
     return 0
