@@ -23,6 +23,7 @@ def _setup():
     # Epoch 1 is a burn-in (an unreachable criterion, capped at 1 epoch), so the checkpoint the killed run
     # resumes from has no centres yet: the resumed run must freeze the same ones at the start of epoch 2.
     cfg.loss.burnin_max_epochs, cfg.loss.burnin_ratio = 1, 1e6
+    cfg.log_every = 1  # a log line per step: the test kills the run in the middle of an epoch by watching it
     images = torch.rand(2 * STEPS_PER_EPOCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     return cfg, ImageSet(images, torch.zeros(len(images), dtype=torch.long), [str(i) for i in range(len(images))])
 

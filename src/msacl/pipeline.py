@@ -30,6 +30,7 @@ from msacl.detectors.options import option_names
 from msacl.errors import DataError, MsaclError
 from msacl.records import Metrics, ThresholdRecord
 from msacl.runs import make_generator, seeded
+from msacl.runs.hardware import tune_backends
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,6 +42,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MsaclError(f"--device {name!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MsaclError(f"--device {name}: CUDA is not available on this machine")
+    tune_backends(dev)
     return dev
 
 

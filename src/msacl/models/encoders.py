@@ -197,7 +197,8 @@ class Encoder(nn.Module):
         ``encoder.pt`` holds. Loads with ``strict=True`` into the plain torchvision / timm constructor."""
         raw = self.backbone.state_dict()
         state: OrderedDict[str, torch.Tensor] = OrderedDict(
-            (k, (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()) for k, v in raw.items())
+            (k, (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone(
+                memory_format=torch.contiguous_format)) for k, v in raw.items())
         meta = dict(getattr(raw, "_metadata", {}) or {})
         meta[""] = dict(meta.get("", {}), **{_META_KEY: self.metadata()})
         state._metadata = meta  # type: ignore[attr-defined]

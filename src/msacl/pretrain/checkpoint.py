@@ -22,7 +22,7 @@ from msacl.pretrain.methods import PretrainNet
 from msacl.runs import atomic_torch_save, read_torch_file, write_json
 
 CHECKPOINT_FORMAT = "msacl-pretrain"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: two optimiser groups (backbone, heads)
 # Settings a resumed run must share with its checkpoint; the others (epochs, lr, ...) may change.
 RESUME_KEYS = ("method", "strong", "scope", "local_size", "batch_size", "seed", "model.backbone", "model.init",
                "model.proj_hidden", "model.proj_dim", "model.pos_hidden")

@@ -46,6 +46,13 @@ class ModelOptions:
     proj_hidden: int = 512
     proj_dim: int = 128
     pos_hidden: int = 128
+    # The papers' heads read the backbone's last pooled features h. A stride (4, 8, 16, 32) makes them read the
+    # mean-pooled feature map of that tap instead (16: the deepest one PaDiM reads), so that the pretext tasks
+    # shape the features a detector uses; the layers after it then get no gradient (single-device runs).
+    pool_stride: int | None = None
+    # BatchNorm in eval mode throughout pre-training: the initial weights' running statistics normalise every
+    # view and are kept (not in the papers; their code trains BatchNorm).
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -79,6 +86,10 @@ class OptimOptions:
     weight_decay: float = 1e-4  # not given by the papers; a common SSL value
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = 0
+    # Epochs at the start in which only the heads train (the backbone frozen): the heads catch up with the
+    # initial features before their gradients reach the backbone (linear probing, then fine-tuning).
+    head_warmup_epochs: int = 0
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate as a multiple of the heads' (lr)
 
 
 @dataclass
@@ -100,6 +111,12 @@ class PretrainConfig:
     sync_batchnorm: bool = True  # under multi-GPU DDP; BatchNorm statistics over the global batch
     tsne: bool = True  # RUN/tsne.png of the test split after training (MSACL Fig. 1)
     tsne_max_images: int = 2000
+    # Speed only (the same maths): channels-last tensors (faster convolutions on CPUs and tensor cores),
+    # torch.compile of the network (measured in docs/benchmarks.md, "Speed"), and the loss terms kept on the
+    # device and written to log.jsonl every log_every steps (one host synchronisation per log_every steps).
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 10
     weak: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of WeakAugment
     strong_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of build_strong
     data: DataOptions = field(default_factory=DataOptions)
@@ -130,6 +147,13 @@ class PretrainConfig:
              f"loss.burnin_max_epochs must be >= 0 or null, got {self.loss.burnin_max_epochs}"),
             (self.loss.burnin_ratio > 0, f"loss.burnin_ratio must be > 0, got {self.loss.burnin_ratio}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (self.optim.head_warmup_epochs >= 0,
+             f"optim.head_warmup_epochs must be >= 0, got {self.optim.head_warmup_epochs}"),
+            (self.optim.backbone_lr_mult >= 0,
+             f"optim.backbone_lr_mult must be >= 0, got {self.optim.backbone_lr_mult}"),
+            (self.model.pool_stride in (None, 4, 8, 16, 32),
+             f"model.pool_stride must be 4, 8, 16, 32 or null, got {self.model.pool_stride}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
         ]
         for ok, msg in checks:
             if not ok:

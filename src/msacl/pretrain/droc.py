@@ -77,7 +77,7 @@ class DROC(Method):
         m = self.cfg.model
         # No loss reads a class: a head without gradients would stall DDP, which expects every parameter to get one.
         net.classifier = None
-        net.projection = DeepHead(net.encoder.out_dim, m.proj_hidden, m.proj_dim, layers=HEAD_LAYERS)
+        net.projection = DeepHead(net.feature_dim, m.proj_hidden, m.proj_dim, layers=HEAD_LAYERS)
         return net
 
     def make_batch(self, x: torch.Tensor, *, generator: torch.Generator) -> Batch:

@@ -74,6 +74,10 @@ class PretrainNet(nn.Module):
         encoder: backbone returning pooled features (B, encoder.out_dim).
         num_classes: K classes of f_beta; 0 or 1 leaves f_beta out.
         with_position: build f_gamma.
+        pool_stride: None: h is the backbone's pooled output (the papers); a stride: h is the mean-pooled
+            feature map of that tap (``ModelOptions.pool_stride``).
+        freeze_bn: keep the encoder's BatchNorm layers in eval mode whatever ``train()`` says
+            (``ModelOptions.freeze_bn``).
 
     Shape:
         views: (N, C, H, W) -> ``z`` (N, Z) and ``logits`` (N, K);
@@ -89,21 +93,40 @@ class PretrainNet(nn.Module):
         proj_hidden: int = 512,
         proj_dim: int = 128,
         pos_hidden: int = 128,
+        pool_stride: int | None = None,
+        freeze_bn: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
-        self.projection = ProjectionHead(encoder.out_dim, proj_hidden, proj_dim)
-        self.classifier = AugClassifier(encoder.out_dim, num_classes) if num_classes > 1 else None
-        self.position = PatchPositionHead(encoder.out_dim, pos_hidden) if with_position else None
+        self.pool_stride = pool_stride
+        self.freeze_bn = freeze_bn
+        self.feature_dim = dim = encoder.out_dim if pool_stride is None else encoder.channels(pool_stride)
+        self.projection = ProjectionHead(dim, proj_hidden, proj_dim)
+        self.classifier = AugClassifier(dim, num_classes) if num_classes > 1 else None
+        self.position = PatchPositionHead(dim, pos_hidden) if with_position else None
+
+    def train(self, mode: bool = True) -> PretrainNet:
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """h: the pooled features the heads read. Shape: (N, C, H, W) -> (N, D)."""
+        if self.pool_stride is None:
+            return self.encoder(x)
+        return self.encoder.features(x, (self.pool_stride,))[self.pool_stride].mean((2, 3))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """f_theta(x) in Z. Shape: (N, C, H, W) -> (N, Z)."""
         if self.projection is None:
             raise ValueError("this network has no projection head")
-        return self.projection(self.encoder(x))
+        return self.projection(self.features(x))
 
     def forward(self, views: torch.Tensor, patches: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h = self.encoder(views)
+        h = self.features(views)
         out = {} if self.projection is None else {"z": self.projection(h)}
         if self.classifier is not None:
             out["logits"] = self.classifier(h)
@@ -111,7 +134,7 @@ class PretrainNet(nn.Module):
             if self.position is None:
                 raise ValueError("this network has no patch-position head")
             with running_stats_frozen(self.encoder):
-                hp = self.encoder(patches)
+                hp = self.features(patches)
             p = hp.shape[0] // 2
             out["pos_logits"] = self.position(hp[:p], hp[p:])
         return out
@@ -178,6 +201,8 @@ class Method:
             proj_hidden=m.proj_hidden,
             proj_dim=m.proj_dim,
             pos_hidden=m.pos_hidden,
+            pool_stride=m.pool_stride,
+            freeze_bn=m.freeze_bn,
         )
 
     def _inputs(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
