@@ -128,9 +128,9 @@ def in_process(run: Path, files: list[tuple[str, bytes]], n: int, heatmap: bool)
         lat = []
         for i in range(n + 2):
             t0 = time.perf_counter()
-            x, image, note = model.load(paths[i % len(paths)])
-            s, m = model.score(x.unsqueeze(0))
-            p = model.finish(str(paths[i % len(paths)]), float(s[0]), m[0], image, note)
+            d = model.load_image(paths[i % len(paths)])
+            s, m = model.score(d.x.unsqueeze(0))
+            p = model.finish(str(paths[i % len(paths)]), float(s[0]), m[0], d)
             if heatmap:
                 model.heatmap_png(p)
             if i >= 2:  # the first calls build cached helpers

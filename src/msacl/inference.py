@@ -3,7 +3,16 @@
 :class:`FittedRun` loads a run directory once (detector, input size and channels, calibration) and turns
 one image file into a :class:`Prediction`: score, normal / abnormal decision at the run's calibrated
 threshold (:mod:`msacl.calibrate`), the flagged share of the image, and the heat map at the input's own
-size. The detector sees the image as it saw its training images (resized to N x N, the run's channels).
+size, or reduced so that its longest side is at most ``heatmap_side`` (1,024 px by default). The detector
+sees the image as it saw its training images (resized to N x N, the run's channels); the decision and the
+flagged share come from its full N x N map, whatever size the heat map is drawn at.
+
+The work per image is bounded before any pixel is decoded: the image's size is read from its header
+(PNG, JPEG, ... or the DICOM header) and an image of more than ``max_pixels`` pixels is refused
+(:class:`ImageTooLarge`; 50 megapixels by default, far above any medical image a user sends), as is one
+whose shorter side is under ``min_side`` (:class:`ImageTooSmall`; by default 32 px, one cell of the
+stride-32 feature map of the backbones, or the run's own image size when that is smaller): enlarged
+further, its score would describe the interpolation, not the image.
 
 An input whose colour differs from the training images' (a grey DICOM against a model fitted on colour
 photographs, or the reverse) is refused with a message naming the file, since its score is not
@@ -26,6 +35,9 @@ from msacl.errors import CheckpointError, DataError
 from msacl.records import ThresholdRecord
 
 COLOUR = {1: "grey", 3: "colour"}
+MAX_PIXELS = 50_000_000
+MIN_SIDE = 32
+HEATMAP_SIDE = 1024
 NO_CALIBRATION = ("{run} has no calibration.json (fitted with --holdout 0 and no val/, or by an older msacl): "
                   "scores only, no normal/abnormal decision; refit with --holdout 0.1 to get decisions")
 
@@ -87,6 +99,57 @@ def source_channels(paths: list[str], limit: int = 32) -> int | str:
     return seen.pop() if len(seen) == 1 else "mixed"
 
 
+class ImageTooLarge(DataError):
+    """An input with more pixels than the limit, refused from its header before it is decoded."""
+
+
+class ImageTooSmall(DataError):
+    """An input whose shorter side is under the smallest the detector can score."""
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header alone (no pixel is decoded), or None when the header
+    cannot be read (then decoding the file reports what is wrong with it)."""
+    import warnings
+
+    from PIL import Image
+
+    from msacl.data.readers import is_dicom_file
+
+    path = Path(path)
+    try:
+        if is_dicom_file(path):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(ds.Columns), int(ds.Rows)
+        with warnings.catch_warnings():  # Pillow warns of large images; the caller's limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - any unreadable header is reported by decode(), naming the problem
+        return None
+
+
+@dataclass
+class LoadedImage:
+    """One decoded input, ready to score and to show.
+
+    Attributes:
+        x: the detector's input. Shape: (C, N, N) with C the run's channels.
+        image: the input for display, float in [0, 1]: its own size, or reduced so that its longest side is at
+            most the heat-map side. Shape: (h, w) or (h, w, 3).
+        note: what was converted, or "".
+        width, height: the input's own size in pixels.
+    """
+
+    x: torch.Tensor
+    image: np.ndarray
+    note: str
+    width: int
+    height: int
+
+
 @dataclass
 class Prediction:
     """One scored image.
@@ -97,11 +160,13 @@ class Prediction:
         decision: "abnormal" / "normal" at the calibrated threshold, or None without calibration.
         threshold: the image threshold (None without calibration).
         pixel_threshold: map values above it are flagged (None without calibration).
-        lesion_fraction: share of the image's area flagged (None without calibration).
-        image: the input at its own size, float in [0, 1]. Shape: (H, W) or (H, W, 3).
-        heatmap: the anomaly map resized to the input's size. Shape: (H, W).
-        flagged: pixels above the pixel threshold at the input's size, or None. Shape: (H, W).
+        lesion_fraction: share of the image's area flagged at the detector's resolution (None without
+            calibration).
+        image: the input as shown (:attr:`LoadedImage.image`), float in [0, 1]. Shape: (h, w) or (h, w, 3).
+        heatmap: the anomaly map resized to the shown image's size. Shape: (h, w).
+        flagged: pixels above the pixel threshold at the shown image's size, or None. Shape: (h, w).
         note: what was converted, or "".
+        width, height: the input's own size in pixels.
     """
 
     path: str
@@ -114,6 +179,23 @@ class Prediction:
     heatmap: np.ndarray
     flagged: np.ndarray | None = None
     note: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """How much work one input may cost (see the module docstring).
+
+    Attributes:
+        max_pixels: largest width x height accepted; larger inputs are refused from their header.
+        min_side: smallest shorter side accepted; None: :data:`MIN_SIDE`, or the run's image size when smaller.
+        heatmap_side: longest side of the heat map drawn (the input's own size when smaller).
+    """
+
+    max_pixels: int = MAX_PIXELS
+    min_side: int | None = None
+    heatmap_side: int = HEATMAP_SIDE
 
 
 class FittedRun:
@@ -124,12 +206,14 @@ class FittedRun:
         fpr: target false-positive rate of the decisions.
         device: torch device for the detector.
         convert_channels: convert (instead of refusing) inputs whose colour differs from the training images.
+        limits: the inputs' size limits and the heat map's size.
+        command: the command whose flags the messages name (e.g. "msacl serve"; default: the flags alone).
 
         model = FittedRun("runs/padim"); p = model.predict_files(["scan.dcm"])[0]; p.score, p.decision
     """
 
     def __init__(self, run: str | Path, *, fpr: float = 0.05, device: str | torch.device = "cpu",
-                 convert_channels: bool = False):
+                 convert_channels: bool = False, limits: InputLimits | None = None, command: str = ""):
         from msacl.detectors import Detector
 
         self.path, self.config = open_run(run)
@@ -142,10 +226,17 @@ class FittedRun:
         self.detector = Detector.load(self.path / "detector.pt").to(device).eval()
         self.device = torch.device(device)
         self.convert_channels = convert_channels
+        self.limits = limits or InputLimits()
+        self.min_side = self.limits.min_side or min(MIN_SIDE, self.size)
+        self.command = command
         thr = read_threshold(self.path)
         self.display_range = thr.display_range
         self.decision = run_decision(self.path, fpr)
         self.fpr = fpr
+
+    def flag(self, name: str) -> str:
+        """A flag as the messages name it: ``--max-pixels`` or ``msacl serve --max-pixels``."""
+        return f"{self.command} {name}".strip()
 
     @property
     def threshold(self) -> float | None:
@@ -163,26 +254,47 @@ class FittedRun:
             hi = t + 0.1 * (t - lo)
         return lo, hi
 
+    def check_size(self, label: str, width: int, height: int) -> None:
+        """Raise :class:`ImageTooLarge` or :class:`ImageTooSmall` for an input outside the limits."""
+        n, limit = width * height, self.limits.max_pixels
+        if n > limit:
+            raise ImageTooLarge(f"{label}: {width} x {height} px ({n / 1e6:.1f} megapixels) is over the limit of "
+                                f"{limit / 1e6:g} megapixels; {self.flag('--max-pixels')} N raises it")
+        if min(width, height) < self.min_side:
+            raise ImageTooSmall(f"{label}: {width} x {height} px is smaller than the {self.min_side} px shorter side "
+                                f"this detector can score (its input is {self.size} x {self.size} px); "
+                                f"{self.flag('--min-side')} N changes the limit")
+
     def load(self, path: str | Path, *, name: str | None = None) -> tuple[torch.Tensor, np.ndarray, str]:
-        """Decode one file: the detector's input, the image at its own size for display, and a conversion note.
+        """``(x, image, note)`` of :meth:`load_image`."""
+        d = self.load_image(path, name=name)
+        return d.x, d.image, d.note
+
+    def load_image(self, path: str | Path, *, name: str | None = None) -> LoadedImage:
+        """Decode one file: the detector's input, the image for display and a conversion note.
+
+        Its size is checked from its header first (:meth:`check_size`), so a huge image costs no decoding.
 
         Args:
             path: PNG, JPEG, BMP, TIFF, WebP or DICOM file.
             name: how messages name the input (default: ``path``).
 
-        Returns:
-            ``(x, image, note)``; x Shape: (C, N, N) with C the run's channels; image Shape: (H, W) or (H, W, 3).
-
         Raises:
-            DataError: unreadable, or of another colour than the training images without ``convert_channels``.
+            DataError: unreadable, outside the size limits (:class:`ImageTooLarge`, :class:`ImageTooSmall`), or
+                of another colour than the training images without ``convert_channels``.
         """
         from msacl.data.readers import decode, resize, to_channels, to_tensor
 
         label = name or str(path)
+        size = header_size(path)
+        if size is not None:
+            self.check_size(label, *size)
         try:
             d = decode(path)
         except DataError as e:
             raise DataError(str(e).replace(str(path), label, 1)) from None
+        if size is None:  # a header the probe could not read, but the decoder could
+            self.check_size(label, *d.size)
         note = ""
         src = self.source_channels
         channels = self.channels
@@ -192,9 +304,9 @@ class FittedRun:
             if not self.source_known:
                 what += f" (its {self.channels}-channel input; the run does not record its sources' colour)"
             if not self.convert_channels:
-                raise DataError(f"{what}: its score would not be comparable; pass --convert-channels to convert it "
-                                f"({'repeat the grey channel' if src == 3 else 'colour to grey'}) or use a run "
-                                f"fitted on {COLOUR[d.channels]} images")
+                raise DataError(f"{what}: its score would not be comparable; pass {self.flag('--convert-channels')} "
+                                f"to convert it ({'repeat the grey channel' if src == 3 else 'colour to grey'}) "
+                                f"or use a run fitted on {COLOUR[d.channels]} images")
             note = "grey converted to colour (channel repeated)" if src == 3 else "colour converted to grey (luma)"
         if note.startswith("colour converted") and channels == 3:
             # A grey-trained run with 3-channel input saw grey repeated three times: give it exactly that.
@@ -202,10 +314,21 @@ class FittedRun:
                                              self.size), 3))
         else:
             x = to_tensor(to_channels(resize(d.image, self.size), channels))
-        shown = to_channels(d.image, 3 if d.channels == 3 else 1)
+        shown = to_channels(self._shown(d.image), 3 if d.channels == 3 else 1)
         shown = shown.astype(np.float32) / 255.0 if shown.dtype == np.uint8 else shown.astype(np.float32)
         image = shown[..., 0] if shown.shape[2] == 1 else shown
-        return x, image, note
+        return LoadedImage(x, image, note, *d.size)
+
+    def _shown(self, image: Any) -> Any:
+        """The PIL image reduced (area average) so that its longest side is at most the heat-map side."""
+        from PIL import Image
+
+        w, h = image.size
+        side = self.limits.heatmap_side
+        if max(w, h) <= side:
+            return image
+        f = side / max(w, h)
+        return image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,11 +336,11 @@ class FittedRun:
         s, m = self.detector.predict(x.to(self.device))
         return s.float().cpu(), m.float().cpu()
 
-    def finish(self, path: str, score: float, amap: torch.Tensor, image: np.ndarray, note: str) -> Prediction:
-        """Decision, flagged share and the heat map at the input's size for one scored image."""
+    def finish(self, path: str, score: float, amap: torch.Tensor, inp: LoadedImage) -> Prediction:
+        """Decision, flagged share and the heat map at the shown image's size for one scored input."""
         import torch.nn.functional as F
 
-        h, w = image.shape[:2]
+        h, w = inp.image.shape[:2]
         native = F.interpolate(amap.reshape(1, 1, *amap.shape[-2:]), size=(h, w), mode="bilinear",
                                align_corners=False)[0, 0].numpy()
         t, tp = self.threshold, self.pixel_threshold
@@ -225,20 +348,20 @@ class FittedRun:
         if t is not None and tp is not None:
             decision = "abnormal" if score > t else "normal"
             # Flagged at the detector's resolution, where the threshold was calibrated (bilinear resizing
-            # lowers peaks), then shown at the input's size.
+            # lowers peaks), then shown at the image's size.
             hot = (amap.reshape(1, 1, *amap.shape[-2:]) > tp).float()
             frac = float(hot.mean())
             flagged = F.interpolate(hot, size=(h, w), mode="nearest")[0, 0].numpy() > 0.5
-        return Prediction(path, float(score), decision, t, tp, frac, image, native, flagged, note)
+        return Prediction(path, float(score), decision, t, tp, frac, inp.image, native, flagged, inp.note,
+                          inp.width, inp.height)
 
     def predict_files(self, paths: list[str | Path]) -> list[Prediction]:
         """Score files (one batch); DataError on the first bad one."""
-        loaded = [self.load(p) for p in paths]
+        loaded = [self.load_image(p) for p in paths]
         if not loaded:
             return []
-        s, m = self.score(torch.stack([x for x, _, _ in loaded]))
-        return [self.finish(str(p), float(s[i]), m[i], img, note)
-                for i, (p, (_, img, note)) in enumerate(zip(paths, loaded, strict=True))]
+        s, m = self.score(torch.stack([d.x for d in loaded]))
+        return [self.finish(str(p), float(s[i]), m[i], d) for i, (p, d) in enumerate(zip(paths, loaded, strict=True))]
 
     def heatmap_png(self, p: Prediction, title: str | None = None) -> bytes:
         """The overlay figure of :func:`msacl.report.heatmap.overlay_png` for one prediction."""
@@ -255,7 +378,9 @@ class FittedRun:
     def summary(self) -> dict[str, Any]:
         """What the decisions rest on, for ``decision.json`` and ``/health`` (``image`` None without calibration)."""
         base = {"run": str(self.path), "detector": self.config.get("detector"), "image_size": self.size,
-                "channels": self.channels, "source_channels": self.source_channels, "fpr": self.fpr}
+                "channels": self.channels, "source_channels": self.source_channels, "fpr": self.fpr,
+                "max_pixels": self.limits.max_pixels, "min_side": self.min_side,
+                "heatmap_side": self.limits.heatmap_side}
         if self.decision is None:
             return {**base, "image": None, "pixel": None, "warnings": [NO_CALIBRATION.format(run=self.path)]}
         return {**base, **self.decision}

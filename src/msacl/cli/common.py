@@ -43,6 +43,41 @@ def add_fpr(p: argparse.ArgumentParser) -> None:
                         "is calibrated on held-out normal images (split conformal; see RUN/decision.json)")
 
 
+def pixel_count(text: str) -> int:
+    """argparse type of --max-pixels: a whole number of pixels, or megapixels with an M suffix (50M)."""
+    mega = text.strip().upper().endswith("M")
+    try:
+        value = float(text.strip()[:-1]) * 1e6 if mega else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count such as 50000000 or 50M, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {text}")
+    return int(value)
+
+
+def add_input_limits(p: argparse.ArgumentParser) -> None:
+    """--max-pixels, --min-side and --heatmap-side of ``predict`` and ``serve``; their defaults (None here, so
+    that building the parser imports no torch) are those of ``msacl.inference.InputLimits``."""
+    p.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
+                   help="largest image accepted, width x height, read from the file's header before decoding "
+                        "(default 50M: a 7,000 x 7,000 image)")
+    p.add_argument("--min-side", type=positive_int, default=None, metavar="PX",
+                   help="smallest shorter side accepted (default 32, or the run's image size when smaller): a "
+                        "smaller image is enlarged so much that its score describes the interpolation")
+    p.add_argument("--heatmap-side", type=positive_int, default=None, metavar="PX",
+                   help="longest side of the heat maps drawn (default 1024; smaller images keep their own size); "
+                        "the decision always uses the detector's full map")
+
+
+def input_limits(args: argparse.Namespace) -> Any:
+    """The ``msacl.inference.InputLimits`` of the flags of :func:`add_input_limits` (library defaults for those
+    not given)."""
+    from msacl.inference import InputLimits
+
+    given = {k: getattr(args, k) for k in ("max_pixels", "min_side", "heatmap_side") if getattr(args, k) is not None}
+    return InputLimits(**given)
+
+
 def add_seed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 

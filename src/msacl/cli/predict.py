@@ -2,9 +2,10 @@
 
 Writes into ``--out``: ``scores.csv`` (one row per image: path, score, decision, threshold, target FPR,
 flagged share, pixel threshold, the input's size, any conversion, heat-map file), one heat-map PNG per
-image at the image's own size and aspect ratio (the pixel threshold marked on the colour bar, flagged
-pixels outlined), ``decision.json`` (the thresholds, their rule, n and guarantee) and, under
-``--on-bad-file skip``, ``skipped_files.txt``.
+image at the image's own aspect ratio and size, reduced to ``--heatmap-side`` (1,024 px) on its longest side
+when larger (the pixel threshold marked on the colour bar, flagged pixels outlined), ``decision.json`` (the
+thresholds, their rule, n and guarantee) and, under ``--on-bad-file skip``, ``skipped_files.txt``. An image
+over ``--max-pixels`` (read from its header, before decoding) or under ``--min-side`` is a bad file.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from msacl.cli.common import add_fpr, info, positive_int
+from msacl.cli.common import add_fpr, add_input_limits, info, input_limits, positive_int
 from msacl.errors import DataError
 
 if TYPE_CHECKING:
-    from msacl.inference import FittedRun
+    from msacl.inference import FittedRun, LoadedImage
 
 _EXAMPLES = """\
 examples:
   msacl predict --run runs/padim new_scans/ --out preds/
   msacl predict --run runs/padim case17.dcm --out preds/ --fpr 0.01
   msacl predict --run runs/padim mixed/ --out preds/ --on-bad-file skip --convert-channels
+  msacl predict --run runs/padim slides/ --out preds/ --max-pixels 200M --heatmap-side 2048
 
 writes into --out: scores.csv (path,score,decision,threshold,fpr,lesion_fraction,...), one heat-map PNG per
-image at its own size, decision.json (thresholds, rule, n, guarantee), skipped_files.txt (with skip).
+image (longest side at most --heatmap-side), decision.json (thresholds, rule, n, guarantee), skipped_files.txt
+(with skip). Images over --max-pixels (read from the header, before decoding) or under --min-side are bad files.
 decision: abnormal when the score is above the threshold calibrated on the run's held-out normal images,
 so that at most --fpr of normal images are called abnormal (split-conformal guarantee).
 """
@@ -50,6 +53,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--convert-channels", action="store_true",
                    help="score grey images with a run fitted on colour images (or the reverse) by converting "
                         "them, noted per image; default: refuse them, since their scores are not comparable")
+    add_input_limits(p)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -71,13 +75,14 @@ def _num(v: float | None, fmt: str = ".6g") -> str:
     return "" if v is None else format(v, fmt)
 
 
-def _read(model: FittedRun, files: list[Path], on_bad_file: str, skipped: list[tuple[str, str]]) -> list[tuple]:
-    """(file, *model.load(file)) of each readable file; an unreadable one stops (``on_bad_file="error"``) or
-    is added to ``skipped`` with its reason."""
+def _read(model: FittedRun, files: list[Path], on_bad_file: str,
+          skipped: list[tuple[str, str]]) -> list[tuple[Path, LoadedImage]]:
+    """(file, model.load_image(file)) of each readable file; an unreadable one stops (``on_bad_file="error"``)
+    or is added to ``skipped`` with its reason."""
     loaded = []
     for f in files:
         try:
-            loaded.append((f, *model.load(f)))
+            loaded.append((f, model.load_image(f)))
         except DataError as e:
             if on_bad_file == "error":
                 raise DataError(f"{e} (--on-bad-file skip leaves such files out)") from None
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from msacl.runs import atomic_write_bytes, atomic_write_text, write_json
 
     model = FittedRun(args.run, fpr=args.fpr, device=resolve_device(args.device),
-                      convert_channels=args.convert_channels)
+                      convert_channels=args.convert_channels, limits=input_limits(args))
     if model.decision is None:
         info(f"note: {NO_CALIBRATION.format(run=model.path)}")
     for w in (model.decision or {}).get("warnings", []):
@@ -119,18 +124,17 @@ def run(args: argparse.Namespace) -> int:
         loaded = _read(model, files[i : i + args.batch_size], args.on_bad_file, skipped)
         if not loaded:
             continue
-        scores, maps = model.score(torch.stack([x for _, x, _, _ in loaded]))
-        for (f, _, img, note), s, m in zip(loaded, scores, maps, strict=True):
-            p = model.finish(str(f), float(s), m, img, note)
+        scores, maps = model.score(torch.stack([d.x for _, d in loaded]))
+        for (f, d), s, m in zip(loaded, scores, maps, strict=True):
+            p = model.finish(str(f), float(s), m, d)
             rel = f.relative_to(src) if src.is_dir() else Path(f.name)
             name = _heatmap_name(rel, used)
             atomic_write_bytes(out / name, model.heatmap_png(p, title=f"{rel}  score {p.score:.4g}" + (
                 "" if p.decision is None else f"  {p.decision.upper()} (threshold {p.threshold:.4g}, "
                                               f"FPR {args.fpr:g})")))
-            converted += bool(note)
-            h, w = img.shape[:2]
+            converted += bool(p.note)
             rows.append([str(f), f"{p.score:.6g}", p.decision or "", _num(p.threshold), f"{args.fpr:g}",
-                         _num(p.lesion_fraction), _num(p.pixel_threshold), w, h, note, name])
+                         _num(p.lesion_fraction), _num(p.pixel_threshold), p.width, p.height, p.note, name])
     header = ["path", "score", "decision", "threshold", "fpr", "lesion_fraction", "pixel_threshold", "width",
               "height", "note", "heatmap"]
     write_csv(out / "scores.csv", header, rows)

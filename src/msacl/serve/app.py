@@ -4,28 +4,31 @@ The run is loaded once, in a background thread started with the application, so 
 once: 503 while loading, 200 with what the decisions rest on when ready (or 500 naming why loading failed).
 ``POST /predict`` takes the image as the multipart field ``file`` (PNG, JPEG, BMP, TIFF, WebP or DICOM) and
 answers the score, the normal / abnormal decision at the run's calibrated threshold, the flagged share and
-the heat map (a PNG at the image's own size, base64). A bad upload gets a 4xx with the reason in
-``detail`` and the service keeps serving: 413 for a file over the size limit (refused from its
-Content-Length before the body is read; without one, once the multipart parser has spooled it), 415 for
-content that is no supported image, 422 for an unreadable image or one of another colour than the
-training images (unless started with ``convert_channels``), 400 for an empty upload.
+the heat map (a PNG, base64, at the image's own size or reduced to ``heatmap_side`` on its longest side).
+A bad upload gets a 4xx with the reason in ``detail`` and the service keeps serving: 413 for a file over
+the size limit (refused from its Content-Length before the body is read; without one, once the multipart
+parser has spooled it) or an image over the pixel limit (refused from its header, before decoding), 415
+for content that is no supported image, 422 for an unreadable image, one smaller than the detector can
+score or one of another colour than the training images (unless started with ``convert_channels``), 400
+for an empty upload; 503 when a request is not answered within ``timeout_s`` (see
+:mod:`msacl.serve.service` for how each request's work is bounded).
 
-The detector runs one request at a time (a lock: torch already uses the cores, and the first call builds
-cached helpers); decoding and drawing the heat map run concurrently in the server's thread pool.
+With an API key (``api_key``), every route but ``/health`` and the page at ``/`` (which holds no data and
+asks for the key) needs the header ``Authorization: Bearer KEY``, compared in constant time; other requests
+get 401 before their body is read. ``/health`` without the key says only whether the service is up.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import sys
-import tempfile
+import hashlib
+import hmac
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from msacl.errors import DataError, MsaclError
+from msacl.errors import MsaclError
+from msacl.inference import InputLimits
+from msacl.serve.service import MAX_UPLOAD_BYTES, TIMEOUT_S, Deadline, Service, UploadError
 
 try:  # module level: FastAPI reads the endpoints' annotations from this module's globals
     from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -33,107 +36,17 @@ try:  # module level: FastAPI reads the endpoints' annotations from this module'
 except ImportError:  # the serve extra is optional; create_app says how to install it
     FastAPI = None  # type: ignore[assignment,misc]
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-# Leading bytes of the formats decode() reads, for uploads whose name says nothing (e.g. "blob").
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
-          (b"BM", ".bmp"), (b"RIFF", ".webp"))
+OPEN_PATHS = frozenset({"/health", "/"})
+KEY_HINT = "send the header 'Authorization: Bearer KEY' with the key the service was started with"
 
 
-def sniff_suffix(name: str, head: bytes) -> str | None:
-    """The file suffix that ``decode`` should read an upload as, or None when it is no supported format."""
-    from msacl.data.readers import DICOM_EXTENSIONS
-
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return ".dcm"
-    for magic, suffix in _MAGIC:
-        if head.startswith(magic):
-            return suffix
-    ext = Path(name or "").suffix.lower()
-    # Content that matches no signature: trust a DICOM name (files without the preamble exist), nothing else.
-    return ext if ext in DICOM_EXTENSIONS else None
-
-
-class Service:
-    """The loaded run and the counters the endpoints share.
-
-    Args:
-        run: run directory written by ``msacl fit``.
-        fpr: target false-positive rate of the decisions.
-        device: torch device of the detector.
-        convert_channels: convert images of another colour than the training images instead of refusing them.
-        max_bytes: largest upload accepted.
-    """
-
-    def __init__(self, run: str | Path, *, fpr: float, device: str, convert_channels: bool,
-                 max_bytes: int = MAX_UPLOAD_BYTES):
-        self.run, self.fpr, self.device, self.convert_channels = str(run), fpr, device, convert_channels
-        self.max_bytes = max_bytes
-        self.model: Any = None
-        self.error: str | None = None
-        self.loads = 0
-        self.requests = 0
-        self.ready = threading.Event()
-        self.lock = threading.Lock()
-
-    def load(self) -> None:
-        """Load the run (once; a second call does nothing)."""
-        if self.ready.is_set():
-            return
-        try:
-            from msacl.inference import NO_CALIBRATION, FittedRun
-
-            t0 = time.perf_counter()
-            self.model = FittedRun(self.run, fpr=self.fpr, device=self.device, convert_channels=self.convert_channels)
-            self.loads += 1
-            self.load_seconds = round(time.perf_counter() - t0, 3)
-            decision = self.model.decision
-            warnings = [NO_CALIBRATION.format(run=self.run)] if decision is None else decision["warnings"]
-            if warnings:
-                print("\n".join(f"msacl serve: warning: {w}" for w in warnings), file=sys.stderr, flush=True)
-        except MsaclError as e:
-            self.error = str(e)
-            print(f"msacl serve: error: {e}", file=sys.stderr, flush=True)
-        finally:
-            self.ready.set()
-
-    def predict(self, data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
-        """Score one uploaded file. Raises ``UploadError`` with the HTTP status and the reason."""
-        if not data:
-            raise UploadError(400, f"{name}: empty upload")
-        suffix = sniff_suffix(name, data[:132])
-        if suffix is None:
-            raise UploadError(415, f"{name}: not a supported image (PNG, JPEG, BMP, TIFF, WebP or DICOM)")
-        fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="msacl-upload-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            try:
-                x, image, note = self.model.load(tmp, name=name)
-            except DataError as e:
-                raise UploadError(422, str(e).replace(" (--on-bad-file skip leaves such files out)", "")
-                                  .replace("--convert-channels", "msacl serve --convert-channels")) from None
-        finally:
-            os.unlink(tmp)
-        with self.lock:
-            s, m = self.model.score(x.unsqueeze(0))
-            self.requests += 1
-        p = self.model.finish(name, float(s[0]), m[0], image, note)
-        out = {"file": name, "score": p.score, "decision": p.decision, "threshold": p.threshold,
-               "fpr": self.fpr, "pixel_threshold": p.pixel_threshold, "lesion_fraction": p.lesion_fraction,
-               "width": int(image.shape[1]), "height": int(image.shape[0]), "note": note}
-        if self.model.decision is not None:
-            out["guarantee"] = self.model.decision["image"]["guarantee"]
-        if heatmap:
-            out["heatmap_png"] = base64.b64encode(self.model.heatmap_png(p)).decode("ascii")
-        return out
-
-
-class UploadError(Exception):
-    """A refused upload: the HTTP status and the reason, naming the file."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+def key_matches(header: str | None, key: str) -> bool:
+    """Whether an Authorization header carries ``Bearer key``. The comparison takes the same time whatever
+    the header holds (both sides hashed first, so not even the key's length shows)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+    wanted = hashlib.sha256(key.encode("utf-8")).digest()
+    return hmac.compare_digest(given, wanted) and scheme.lower() == "bearer"
 
 
 def _not_ready(svc: Service) -> JSONResponse | None:
@@ -145,8 +58,13 @@ def _not_ready(svc: Service) -> JSONResponse | None:
     return None
 
 
-def _oversized(svc: Service, request: Request) -> JSONResponse | None:
-    """413 for a /predict request whose Content-Length is over the limit (before its body is read), else None."""
+def _refused(svc: Service, api_key: str | None, request: Request) -> JSONResponse | None:
+    """401 without the key (where one is needed), 413 for a /predict request whose Content-Length is over
+    the limit (both before the body is read), else None."""
+    if api_key is not None and request.url.path not in OPEN_PATHS \
+            and not key_matches(request.headers.get("authorization"), api_key):
+        return JSONResponse({"detail": f"this service needs an API key: {KEY_HINT}"}, status_code=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="msacl"'})
     size = request.headers.get("content-length", "")
     # the multipart envelope adds a few hundred bytes to the file; 64 KiB of slack never refuses a legal file
     if request.url.path == "/predict" and size.isdigit() and int(size) > svc.max_bytes + 65536:
@@ -155,8 +73,25 @@ def _oversized(svc: Service, request: Request) -> JSONResponse | None:
     return None
 
 
+async def _answer(svc: Service, data: bytes, name: str, heatmap: bool) -> Any:
+    """``svc.predict`` in a worker thread, answered within the service's time limit."""
+    import anyio
+
+    deadline = Deadline(name, svc.timeout_s)
+    try:
+        # abandon_on_cancel: at the limit the client gets its answer at once; the thread stops at its next stage
+        with anyio.fail_after(svc.timeout_s + 0.05):
+            return await anyio.to_thread.run_sync(svc.predict, data, name, heatmap, deadline, abandon_on_cancel=True)
+    except TimeoutError:
+        e = deadline.error("still working")
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+    except UploadError as e:
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+
 def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", convert_channels: bool = False,
-               max_bytes: int = MAX_UPLOAD_BYTES, load_in_background: bool = True) -> Any:
+               max_bytes: int = MAX_UPLOAD_BYTES, limits: InputLimits | None = None, timeout_s: float = TIMEOUT_S,
+               api_key: str | None = None, load_in_background: bool = True) -> Any:
     """The FastAPI application serving ``run`` (see the module docstring).
 
     Args:
@@ -165,16 +100,22 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         device: torch device of the detector.
         convert_channels: convert images of another colour than the training images instead of refusing them.
         max_bytes: largest upload accepted (413 above).
+        limits: the images' pixel limits and the heat map's size (``msacl.inference.InputLimits``).
+        timeout_s: time one request may take once uploaded (503 after it).
+        api_key: the key every route but ``/health`` and ``/`` needs, or None for none.
         load_in_background: load the run in a thread at start-up (the server answers /health meanwhile);
             False loads it before the application starts answering.
     """
     if FastAPI is None:
         raise MsaclError("msacl serve needs FastAPI and uvicorn: pip install 'msacl[serve]'")
+    if api_key is not None and not api_key.strip():
+        raise MsaclError("the API key is empty; give a non-empty --api-key (or MSACL_API_KEY), or none")
     from contextlib import asynccontextmanager
 
     from msacl.serve.page import PAGE
 
-    svc = Service(run, fpr=fpr, device=device, convert_channels=convert_channels, max_bytes=max_bytes)
+    svc = Service(run, fpr=fpr, device=device, convert_channels=convert_channels, max_bytes=max_bytes,
+                  limits=limits, timeout_s=timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -188,17 +129,18 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
     app.state.service = svc
 
     @app.middleware("http")
-    async def limit_size(request: Request, call_next: Any) -> Any:
-        refused = _oversized(svc, request)
+    async def guard(request: Request, call_next: Any) -> Any:
+        refused = _refused(svc, api_key, request)
         return refused if refused is not None else await call_next(request)
 
     @app.get("/health")
-    def health() -> Any:
+    async def health(request: Request) -> Any:  # async: answered on the event loop, never behind busy threads
         waiting = _not_ready(svc)
         if waiting is not None:
             return waiting
-        return {"status": "ok", "loads": svc.loads, "requests": svc.requests, "load_seconds": svc.load_seconds,
-                "max_upload_bytes": svc.max_bytes, **svc.model.summary()}
+        if api_key is not None and not key_matches(request.headers.get("authorization"), api_key):
+            return {"status": "ok", "auth_required": True, "detail": f"details need the API key: {KEY_HINT}"}
+        return {**svc.health(), "auth_required": api_key is not None}
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile = File(...), heatmap: bool = Query(True)) -> Any:  # noqa: B008
@@ -211,15 +153,10 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         if len(data) > svc.max_bytes:
             return JSONResponse({"detail": f"{name}: larger than the {svc.max_bytes} byte limit "
                                            f"(msacl serve --max-upload-mb)"}, status_code=413)
-        from starlette.concurrency import run_in_threadpool
-
-        try:
-            return await run_in_threadpool(svc.predict, data, name, heatmap)
-        except UploadError as e:
-            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        return await _answer(svc, data, name, heatmap)
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
+    async def page() -> str:
         return PAGE
 
     return app

@@ -4,6 +4,11 @@ Plain HTML and JavaScript, no external resource (the service may run where nothi
 Each image goes to ``POST /predict`` as the multipart field ``file``; results are listed newest first.
 Opening ``/#data:image/png;base64,...`` scores that image on load (the tests drive the page this way in
 headless Chromium, which cannot drop files).
+
+A service started with an API key answers the page's requests with 401 until the page has the key: it asks
+for it once (a password field) and keeps it in the tab's session storage, sending it as
+``Authorization: Bearer KEY``. ``/#key=KEY`` (or ``/#key=KEY&data:image/...``) fills it in for scripts; the
+fragment never reaches the server, and the page removes it from the address bar.
 """
 
 PAGE = """<!DOCTYPE html>
@@ -25,6 +30,7 @@ h1 { font-size: 1.4em; margin-bottom: 0.2em; }
 .abnormal { color: #b00020; font-weight: bold; }
 .normal { color: #0a7d32; font-weight: bold; }
 .error { color: #8a4b00; }
+#keyform { margin: 0.8em 0; padding: 0.8em; border: 1px solid #e0b000; background: #fff8e0; border-radius: 6px; }
 table { border-collapse: collapse; font-size: 0.9em; }
 td { padding: 1px 10px 1px 0; }
 </style>
@@ -32,6 +38,11 @@ td { padding: 1px 10px 1px 0; }
 <body>
 <h1>msacl: anomaly heat maps</h1>
 <div id="info">connecting...</div>
+<form id="keyform" hidden>
+  <label for="key">This service needs its API key:</label>
+  <input id="key" type="password" autocomplete="current-password" size="32">
+  <button type="submit">Use key</button>
+</form>
 <div id="drop" tabindex="0">Drop PNG, JPEG, TIFF or DICOM images here, or click to choose them.
   <input id="pick" type="file" multiple accept=".png,.jpg,.jpeg,.tif,.tiff,.bmp,.webp,.dcm,.dicom,image/*"
          style="display:none">
@@ -43,6 +54,28 @@ const info = document.getElementById("info");
 const drop = document.getElementById("drop");
 const pick = document.getElementById("pick");
 const results = document.getElementById("results");
+const keyform = document.getElementById("keyform");
+const keyInput = document.getElementById("key");
+let apiKey = sessionStorage.getItem("msacl-key") || "";
+
+function authHeaders() { return apiKey ? { "Authorization": "Bearer " + apiKey } : {}; }
+
+function askForKey(why) {
+  apiKey = "";
+  sessionStorage.removeItem("msacl-key");
+  info.textContent = why;
+  keyform.hidden = false;
+  keyInput.focus();
+}
+
+keyform.addEventListener("submit", (e) => {
+  e.preventDefault();
+  apiKey = keyInput.value.trim();
+  sessionStorage.setItem("msacl-key", apiKey);
+  keyInput.value = "";
+  keyform.hidden = true;
+  health();
+});
 
 function text(tag, content, cls) {
   const el = document.createElement(tag);
@@ -57,10 +90,14 @@ function fmt(v, digits) {
 
 async function health() {
   try {
-    const r = await fetch("/health");
+    const r = await fetch("/health", { headers: authHeaders() });
     const h = await r.json();
     if (r.status === 503) { info.textContent = "model loading..."; setTimeout(health, 500); return; }
     if (!r.ok) { info.textContent = "model failed to load: " + h.detail; return; }
+    if (h.auth_required && !h.run) {
+      askForKey(apiKey ? "that key was refused; enter the service's API key" : "enter the service's API key");
+      return;
+    }
     let t = "run " + h.run + " (" + h.detector + ", " + h.image_size + " px)";
     if (h.image) t += "; abnormal if score > " + fmt(h.image.threshold) + " (false-positive rate <= " + h.fpr +
                       ", calibrated on " + h.image.n + " normal images)";
@@ -78,7 +115,7 @@ async function predict(file) {
   form.append("file", file, file.name);
   let r, body;
   try {
-    r = await fetch("/predict", { method: "POST", body: form });
+    r = await fetch("/predict", { method: "POST", body: form, headers: authHeaders() });
     body = await r.json();
   } catch (e) {
     box.replaceChildren(text("div", file.name + ": request failed: " + e, "error"));
@@ -87,6 +124,7 @@ async function predict(file) {
   if (!r.ok) {
     box.replaceChildren(text("div", file.name + ": " + r.status + " " + (body.detail || ""), "error"));
     box.dataset.status = String(r.status);
+    if (r.status === 401) askForKey("the service refused the request: enter its API key, then drop the image again");
     return;
   }
   const head = text("div", "");
@@ -128,8 +166,15 @@ drop.addEventListener("drop", (e) => {
   handle(e.dataTransfer.files);
 });
 
+let h = decodeURIComponent(location.hash.slice(1));
+if (h.startsWith("key=")) {
+  const cut = h.indexOf("&");
+  apiKey = cut < 0 ? h.slice(4) : h.slice(4, cut);
+  sessionStorage.setItem("msacl-key", apiKey);
+  h = cut < 0 ? "" : h.slice(cut + 1);
+  history.replaceState(null, "", location.pathname);
+}
 health().then(async () => {
-  const h = decodeURIComponent(location.hash.slice(1));
   if (h.startsWith("data:image/")) {
     const blob = await (await fetch(h)).blob();
     await predict(new File([blob], "from-url." + blob.type.split("/")[1], { type: blob.type }));
