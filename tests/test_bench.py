@@ -240,3 +240,28 @@ def test_precision_auto_resolves_to_bf16_only_where_native(monkeypatch):
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("auto", "mps") == "32-true"
     assert PROFILES["cpu"].precision == PROFILES["paper"].precision == "32-true"
+
+
+@pytest.mark.parametrize("how", [{"jobs": 2}, {"executor": "submitit-local", "cluster": {"cpus_per_task": 1}}])
+def test_jobs_side_by_side_give_the_serial_results_in_the_same_file(how, synthetic_data, tmp_path):
+    """--jobs 2 (worker processes) and submitit's local executor run the same jobs, in groups, into the same
+    results file as one job at a time (one torch thread each, as the serial test process: pre-training a tiny
+    random network amplifies float rounding, so another thread count gives other numbers); a second run finds
+    them all done."""
+    pytest.importorskip("submitit") if "executor" in how else None
+    profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=1, pretrain_batch=16, seeds=1, bn_stats=("train",))
+    tabs = [Table("t", "tiny", (Row("PaDiM", "random", "padim"), Row("MSACL - PaDiM", "msacl", "padim"),
+                                Row("CCD - PaDiM", "ccd", "padim")), ())]
+    kw = dict(seeds=1, backbone="tf_efficientnet_lite0", device="cpu", progress=False)
+    serial = run_grid(profile, tabs, synthetic_data.parent, tmp_path / "serial", ["synthetic"], log=lambda m: None,
+                      **kw)
+    logs: list[str] = []
+    side = run_grid(profile, tabs, synthetic_data.parent, tmp_path / "side", ["synthetic"], log=logs.append,
+                    **kw, **how)
+    assert [r["key"] for r in side] == [r["key"] for r in serial] and len(side) == 3
+    for a, b in zip(serial, side, strict=True):
+        assert b["metrics"]["image_auroc"] == pytest.approx(a["metrics"]["image_auroc"], abs=2e-3)
+    assert len((tmp_path / "side" / "results.jsonl").read_text().splitlines()) == 3
+    again = run_grid(profile, tabs, synthetic_data.parent, tmp_path / "side", ["synthetic"], log=logs.append,
+                     **kw, **how)
+    assert again == side and "0 to run" in logs[-1]

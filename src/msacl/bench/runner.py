@@ -152,11 +152,19 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _append(path: Path, rec: dict[str, Any]) -> None:
+def append_result(path: Path, rec: dict[str, Any]) -> None:
+    """Append one result line, under an exclusive lock (jobs side by side, or cluster jobs on a shared disk,
+    append to the same file), flushed to disk before the lock is released."""
+    import fcntl
+
     with open(path, "a") as f:
-        f.write(json.dumps(rec, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, image_size: int,
@@ -213,9 +221,10 @@ def _load_dataset(root: Path, image_size: int, progress: bool,
 
 
 def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int, out: Path, backbone: str,
-             accelerator: str, precision: str, progress: bool, log) -> tuple[str | Path | None, float, str | None]:
+             device: str, precision: str, progress: bool, log) -> tuple[str | Path | None, float, str | None]:
     """The encoder weights of ``job.variant`` with the seconds and precision of its pre-training: those of
     ``NO_PRETRAIN``, or a pre-trained encoder (pre-trained now unless an earlier invocation did)."""
+    from msacl.pipeline import resolve_device
     from msacl.pretrain import pretrain
     from msacl.pretrain.engine import make_fabric
 
@@ -229,7 +238,9 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
         cfg.data.root = str(root)
         log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs)")
         tp = time.perf_counter()
-        fabric = make_fabric(accelerator=accelerator, precision=precision)
+        dev = resolve_device(device)
+        fabric = make_fabric(accelerator=dev.type, precision=precision,
+                             devices=[dev.index] if dev.type == "cuda" and dev.index is not None else 1)
         pretrain(cfg, train, run_dir, fabric=fabric, progress=progress,
                  resume=(run_dir / "checkpoint.pt").is_file())
         seconds = round(time.perf_counter() - tp, 1)
@@ -259,46 +270,59 @@ def _result_line(job: Job, metrics: Metrics) -> str:
             + (f", pixel AUROC {pixel_auroc:.3f}" if pixel_auroc is not None else ""))
 
 
-def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, datasets: list[str], *, seeds: int,
-             backbone: str = "resnet18", device: str = "auto", progress: bool = True,
-             log=print) -> list[dict[str, Any]]:
-    """Run every job not yet in ``out/results.jsonl``; return all result records of the selected jobs."""
+@dataclass(frozen=True)
+class GridContext:
+    """What every job of one ``run_grid`` call shares; picklable, so a worker process or a cluster job gets it."""
+
+    profile: Profile
+    data_root: Path
+    out: Path
+    backbone: str
+    device: str
+    precision: str
+    progress: bool
+    threads: int | None = None  # torch CPU threads of a worker (None: torch's default)
+
+
+def groups_of(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` in independent groups: those that share a pre-training run (data set, variant, seed) together,
+    in plan order, so that a group is one pre-training run and the detectors on its encoder."""
+    groups: dict[tuple[str, str, int], list[Job]] = {}
+    for j in jobs:
+        key = (j.dataset, j.variant, j.seed) if j.variant not in NO_PRETRAIN else (j.dataset, "", -1)
+        groups.setdefault(key, []).append(j)
+    return list(groups.values())
+
+
+def run_jobs(ctx: GridContext, jobs: list[Job], log=print) -> list[dict[str, Any]]:
+    """Run ``jobs`` one after the other (data sets loaded once each), appending each result to
+    ``ctx.out/results.jsonl`` as it finishes; return the records."""
     import torch
 
     from msacl.pipeline import fit_detector, prepare_detector, resolve_device, test_detector
 
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.jsonl"
-    done = read_results(results_path)
-    jobs = plan(tables, datasets, seeds, backbone, profile)
-    todo = [j for j in jobs if j.key not in done]
-    dev = resolve_device(device)
-    precision = resolve_precision(profile.precision, dev.type)
-    log(f"[bench] pre-training on {dev.type} in {precision}")
-    log(f"[bench] {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run -> {out}")
-    job_seconds: list[float] = []  # of the jobs finished in this invocation, for the ETA
-    for dataset in datasets:
-        ds_jobs = [j for j in todo if j.dataset == dataset]
-        if not ds_jobs:
-            continue
-        root = data_root / dataset
-        train, test, val, size = _load_dataset(root, profile.image_size.get(dataset, 64), progress, log)
-        for job in ds_jobs:
-            log(progress_line(job, len(jobs) - len(todo) + len(job_seconds) + 1, len(jobs), job_seconds))
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    dev = resolve_device(ctx.device)
+    profile, recs = ctx.profile, []
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        root = ctx.data_root / dataset
+        train, test, val, size = _load_dataset(root, profile.image_size.get(dataset, 64), ctx.progress, log)
+        for job in (j for j in jobs if j.dataset == dataset):
             t_job = time.perf_counter()
-            enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, out, backbone, dev.type,
-                                                      precision, progress, log)
-            settings = detector_kwargs(job.detector, profile, backbone)
+            enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, ctx.out, ctx.backbone,
+                                                      ctx.device, ctx.precision, ctx.progress, log)
+            settings = detector_kwargs(job.detector, profile, ctx.backbone)
             if job.bn_stats:
                 settings["bn_stats"] = job.bn_stats
             det, _ = prepare_detector(job.detector, settings, train, seed=job.seed, encoders={"global": enc_path})
-            fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=progress)
+            fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=ctx.progress)
             metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold.threshold,
-                                          seed=job.seed, device=dev, progress=progress)
+                                          seed=job.seed, device=dev, progress=ctx.progress)
             rec = {
                 "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
                 "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]),
-                "profile": profile.name, "backbone": backbone, "bn_stats": job.bn_stats,
+                "profile": profile.name, "backbone": ctx.backbone, "bn_stats": job.bn_stats,
                 "settings": det.config, "pretrain_overrides": dict(profile.pretrain_overrides),
                 "versions": _versions(),
                 "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
@@ -307,11 +331,54 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
                 "job_seconds": round(time.perf_counter() - t_job, 2),
                 "metrics": metrics.numbers(),
             }
-            _append(results_path, rec)
-            job_seconds.append(time.perf_counter() - t_job)
-            done[job.key] = rec
+            append_result(ctx.out / "results.jsonl", rec)
+            recs.append(rec)
             log(_result_line(job, metrics))
             del det, fit
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    return [done[j.key] for j in jobs if j.key in done]
+    return recs
+
+
+def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, datasets: list[str], *, seeds: int,
+             backbone: str = "resnet18", device: str = "auto", progress: bool = True, jobs: int = 1,
+             executor: str = "local", cluster: dict[str, Any] | None = None, log=print) -> list[dict[str, Any]]:
+    """Run every job not yet in ``out/results.jsonl``; return all result records of the selected jobs.
+
+    ``jobs`` > 1 runs independent groups of jobs (one pre-training run and the detectors on it,
+    :func:`groups_of`) in that many worker processes: on the CPU each gets ``cores // jobs`` torch threads, on
+    several GPUs each its own device. ``executor="slurm"`` (or ``"submitit-local"``, the same on this machine)
+    hands the groups to SLURM through submitit instead (``cluster``: its ``update_parameters`` settings); the
+    results file, the resume and the tables are the same either way.
+    """
+    from msacl.pipeline import resolve_device
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = read_results(out / "results.jsonl")
+    planned = plan(tables, datasets, seeds, backbone, profile)
+    todo = [j for j in planned if j.key not in done]
+    dev = resolve_device(device)
+    precision = resolve_precision(profile.precision, dev.type)
+    ctx = GridContext(profile, data_root, out, backbone, device, precision, progress and jobs == 1)
+    log(f"[bench] pre-training on {dev.type} in {precision}")
+    log(f"[bench] {len(planned)} jobs, {len(planned) - len(todo)} already done, {len(todo)} to run -> {out}"
+        + (f", {jobs} at a time" if jobs > 1 else "") + (f", on {executor}" if executor != "local" else ""))
+    finished: list[float] = []  # seconds of the jobs finished in this invocation, for the ETA
+    if not todo:
+        pass
+    elif executor != "local":
+        from msacl.bench.cluster import run_on_cluster
+
+        run_on_cluster(ctx, groups_of(todo), executor, cluster or {}, log)
+    elif jobs > 1:
+        from msacl.bench.parallel import run_parallel
+
+        run_parallel(ctx, groups_of(todo), jobs, dev, log)
+    else:
+        for job in todo:
+            log(progress_line(job, len(planned) - len(todo) + len(finished) + 1, len(planned), finished))
+            t0 = time.perf_counter()
+            run_jobs(ctx, [job], log)
+            finished.append(time.perf_counter() - t0)
+    done = read_results(out / "results.jsonl")
+    return [done[j.key] for j in planned if j.key in done]

@@ -55,6 +55,15 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                         "weights can be had, else tf_efficientnet_lite0)")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="independent grid jobs side by side in N processes (CPU: the cores split between them; "
+                        "several GPUs: one per device); default 1, see docs/benchmarks.md, Speed")
+    p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local (default), or hand the jobs to SLURM through submitit (pip install "
+                        "'msacl[cluster]'; submitit-local: the same on this machine)")
+    p.add_argument("--cluster", metavar="KEY=VALUE", nargs="+", default=[],
+                   help="submitit settings of each cluster job, e.g. slurm_partition=gpu timeout_min=240 "
+                        "gpus_per_node=1 cpus_per_task=8 (values parsed as YAML)")
     p.add_argument("--plan", action="store_true",
                    help="print the jobs and the pre-training runs and steps they need, and exit")
     p.add_argument("--report-only", action="store_true",
@@ -146,8 +155,11 @@ def run(args: argparse.Namespace) -> int:
                                "tables": [t.key for t in all_tables], "backbone": backbone},
                   seed=None, command="bench")
     t0 = time.perf_counter()
+    if args.jobs < 1:
+        raise MsaclError(f"--jobs must be at least 1, got {args.jobs}")
     records = run_grid(profile, all_tables, Path(args.data_root), out, datasets, seeds=seeds,
-                       backbone=backbone, device=args.device, progress=not args.quiet, log=info)
+                       backbone=backbone, device=args.device, progress=not args.quiet, jobs=args.jobs,
+                       executor=args.executor, cluster=_cluster_settings(args.cluster), log=info)
     header = (f"# msacl bench, profile `{profile.name}`, {seeds} seed(s)\n\n"
               f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. "
               f"Command: `msacl bench --profile {profile.name} --backbone {backbone} --data {' '.join(datasets)} "
@@ -169,3 +181,16 @@ def _backbone_of(results: Path) -> str | None:
 
     recs = list(read_results(results).values())
     return recs[-1].get("backbone") if recs else None
+
+
+def _cluster_settings(items: list[str]) -> dict:
+    """``--cluster KEY=VALUE`` items as submitit settings (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MsaclError(f"--cluster {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -277,7 +277,8 @@ class _Run:
         fabric.backward(terms["loss"])
         self.optimizer.step()
         self.global_step += 1
-        self.pending.append((epoch, step, lr, self.state.phase, batch.encoder_images,
+        # The host clock at the step's end (on an asynchronous device, when it was queued).
+        self.pending.append((epoch, step, lr, self.state.phase, batch.encoder_images, time.perf_counter() - self.t0,
                              {k: v.detach() for k, v in terms.items()}))
         if len(self.pending) >= cfg.log_every:
             self._flush_log()
@@ -286,17 +287,17 @@ class _Run:
         """Read the pending steps' loss terms (one synchronisation), check them, log them, move the bar."""
         if not self.pending:
             return
-        keys = list(self.pending[0][5])
+        keys = list(self.pending[0][6])
         values = torch.stack([torch.stack([t[k].float() for k in keys]) for *_, t in self.pending]).tolist()
         now = time.perf_counter()
         ips = (sum(p[4] for p in self.pending) * self.fabric.world_size / max(now - self.t_flush, 1e-9))
         first_step = self.global_step - len(self.pending)
-        for i, ((epoch, step, lr, phase, _, _), row) in enumerate(zip(self.pending, values, strict=True)):
+        for i, ((epoch, step, lr, phase, _, t, _), row) in enumerate(zip(self.pending, values, strict=True)):
             vals = dict(zip(keys, row, strict=True))
             self._check_finite(vals, epoch, step, first_step + i)
             if self.log is not None:
                 rec = {"epoch": epoch + 1, "step": step + 1, "global_step": first_step + i + 1, "phase": phase,
-                       "lr": lr, **vals, "images_per_s": ips, "time_s": now - self.t0}
+                       "lr": lr, **vals, "images_per_s": ips, "time_s": t}
                 self.log.write(json.dumps(rec) + "\n")
         if self.log is not None:
             self.log.flush()
