@@ -265,3 +265,13 @@ def test_jobs_side_by_side_give_the_serial_results_in_the_same_file(how, synthet
     again = run_grid(profile, tabs, synthetic_data.parent, tmp_path / "side", ["synthetic"], log=logs.append,
                      **kw, **how)
     assert again == side and "0 to run" in logs[-1]
+
+
+def test_plan_runs_table1_core_first_then_table2_then_the_ssl_figures():
+    jobs = plan(tables(), ["kvasir_seg_patch128", "odir_fundus_256"], seeds=1)
+    first = [(j.variant, j.detector) for j in jobs[:14]]
+    # Table 1's core on both sets: ImageNet, MSACL and CCD under PaDiM (two BN settings) and IGD
+    assert set(first) == {(v, d) for v in ("imagenet", "msacl", "ccd") for d in ("padim", "igd")}
+    assert {j.dataset for j in jobs[:14]} == {"kvasir_seg_patch128", "odir_fundus_256"}
+    order = [(j.variant, j.detector) for j in jobs]
+    assert order.index(("random", "padim")) < order.index(("simclr", "padim")) < order.index(("random", "dae"))

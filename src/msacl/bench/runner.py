@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msacl.bench.grid import CCD_STRONG, GREY, NO_PRETRAIN, VARIANTS, Profile, Table, resolve_precision
+from msacl.bench.grid import CCD_STRONG, GREY, NO_PRETRAIN, VARIANTS, Profile, Row, Table, resolve_precision
 from msacl.errors import DataError
 
 if TYPE_CHECKING:
@@ -49,6 +49,18 @@ def bn_settings(detector: str, profile: Profile) -> tuple[str | None, ...]:
     return tuple(profile.bn_stats) if detector in profile.bn_compared else (o.bn_stats,)
 
 
+# The order a grid runs in, by what its results tell users first: Table 1's core (ImageNet, MSACL and CCD encoders
+# under PaDiM and IGD), then Table 2 (localisation), then Fig. 6 and Table 3, then the other rows.
+TIERS = ("table1 core", "table2", "fig6 and table3", "other rows")
+
+
+def priority(table: str, row: Row) -> int:
+    """The tier (index into ``TIERS``) of ``row`` of table ``table``."""
+    if table == "table1" and row.variant in ("imagenet", "msacl", "ccd") and row.detector in ("padim", "igd"):
+        return 0
+    return {"table2": 1, "fig6_left": 2, "fig6_right": 2, "table3": 2}.get(table, 3)
+
+
 def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "resnet18",
          profile: Profile | None = None) -> list[Job]:
     """Distinct jobs of the selected tables, ordered by data set, then variant (so pre-training is reused); each
@@ -57,17 +69,18 @@ def plan(tables: list[Table], datasets: list[str], seeds: int, backbone: str = "
 
     profile = profile or PROFILES["cpu"]
     bn = {r.detector: bn_settings(r.detector, profile) for t in tables for r in t.rows}
-    jobs = {
-        Job(d, r.variant, r.detector, s, backbone, b)
-        for t in tables
-        for d in (t.datasets or datasets)
-        if d in datasets
-        for r in t.rows
-        for s in range(seeds)
-        for b in bn[r.detector]
-    }
-    return sorted(jobs, key=lambda j: (datasets.index(j.dataset), j.variant != "random", j.variant, j.seed,
-                                       j.detector, j.bn_stats or ""))
+    tier: dict[Job, int] = {}
+    for t in tables:
+        for d in (t.datasets or datasets):
+            if d not in datasets:
+                continue
+            for r in t.rows:
+                for s in range(seeds):
+                    for b in bn[r.detector]:
+                        j = Job(d, r.variant, r.detector, s, backbone, b)
+                        tier[j] = min(tier.get(j, len(TIERS)), priority(t.key, r))
+    return sorted(tier, key=lambda j: (tier[j], datasets.index(j.dataset), j.variant != "random", j.variant,
+                                       j.seed, j.detector, j.bn_stats or ""))
 
 
 def pretraining_runs(jobs: list[Job]) -> list[tuple[str, str, int]]:
@@ -257,8 +270,10 @@ def _versions() -> dict[str, str]:
 
     import msacl
 
+    machine = (f"{torch.cuda.get_device_name()}" if torch.cuda.is_available()
+               else f"{platform.machine()} CPU, {os.cpu_count()} cores")
     return {"msacl": getattr(msacl, "__version__", "?"), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "machine": machine}
 
 
 def _result_line(job: Job, metrics: Metrics) -> str:
@@ -294,9 +309,10 @@ def groups_of(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def run_jobs(ctx: GridContext, jobs: list[Job], log=print) -> list[dict[str, Any]]:
-    """Run ``jobs`` one after the other (data sets loaded once each), appending each result to
-    ``ctx.out/results.jsonl`` as it finishes; return the records."""
+def run_jobs(ctx: GridContext, jobs: list[Job], log=print, announce=None) -> list[dict[str, Any]]:
+    """Run ``jobs`` one after the other (each data set loaded once per run of consecutive jobs on it), appending
+    each result to ``ctx.out/results.jsonl`` as it finishes; return the records. ``announce(job)`` is called
+    before each job."""
     import torch
 
     from msacl.pipeline import fit_detector, prepare_detector, resolve_device, test_detector
@@ -305,38 +321,43 @@ def run_jobs(ctx: GridContext, jobs: list[Job], log=print) -> list[dict[str, Any
         torch.set_num_threads(ctx.threads)
     dev = resolve_device(ctx.device)
     profile, recs = ctx.profile, []
-    for dataset in dict.fromkeys(j.dataset for j in jobs):
-        root = ctx.data_root / dataset
-        train, test, val, size = _load_dataset(root, profile.image_size.get(dataset, 64), ctx.progress, log)
-        for job in (j for j in jobs if j.dataset == dataset):
-            t_job = time.perf_counter()
-            enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, ctx.out, ctx.backbone,
-                                                      ctx.device, ctx.precision, ctx.progress, log)
-            settings = detector_kwargs(job.detector, profile, ctx.backbone)
-            if job.bn_stats:
-                settings["bn_stats"] = job.bn_stats
-            det, _ = prepare_detector(job.detector, settings, train, seed=job.seed, encoders={"global": enc_path})
-            fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=ctx.progress)
-            metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold.threshold,
-                                          seed=job.seed, device=dev, progress=ctx.progress)
-            rec = {
-                "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
-                "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]),
-                "profile": profile.name, "backbone": ctx.backbone, "bn_stats": job.bn_stats,
-                "settings": det.config, "pretrain_overrides": dict(profile.pretrain_overrides),
-                "versions": _versions(),
-                "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
-                "fit_seconds": round(fit.fit_seconds, 2),
-                "test_seconds": metrics.test_seconds,
-                "job_seconds": round(time.perf_counter() - t_job, 2),
-                "metrics": metrics.numbers(),
-            }
-            append_result(ctx.out / "results.jsonl", rec)
-            recs.append(rec)
-            log(_result_line(job, metrics))
-            del det, fit
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    loaded: tuple[str, Any] | None = None
+    for job in jobs:
+        root = ctx.data_root / job.dataset
+        if loaded is None or loaded[0] != job.dataset:
+            loaded = None  # free the previous set before loading the next
+            loaded = (job.dataset, _load_dataset(root, profile.image_size.get(job.dataset, 64), ctx.progress, log))
+        train, test, val, size = loaded[1]
+        if announce is not None:
+            announce(job)
+        t_job = time.perf_counter()
+        enc_path, pre_s, pre_precision = _encoder(job, profile, train, root, size, ctx.out, ctx.backbone,
+                                                  ctx.device, ctx.precision, ctx.progress, log)
+        settings = detector_kwargs(job.detector, profile, ctx.backbone)
+        if job.bn_stats:
+            settings["bn_stats"] = job.bn_stats
+        det, _ = prepare_detector(job.detector, settings, train, seed=job.seed, encoders={"global": enc_path})
+        fit = fit_detector(det, train, val=val, seed=job.seed, device=dev, progress=ctx.progress)
+        metrics, _, _ = test_detector(fit.detector, test, threshold=fit.threshold.threshold,
+                                      seed=job.seed, device=dev, progress=ctx.progress)
+        rec = {
+            "key": job.key, "dataset": job.dataset, "variant": job.variant, "detector": job.detector,
+            "seed": job.seed, "image_size": size, "channels": int(train.images.shape[1]),
+            "profile": profile.name, "backbone": ctx.backbone, "bn_stats": job.bn_stats,
+            "settings": det.config, "pretrain_overrides": dict(profile.pretrain_overrides),
+            "versions": _versions(),
+            "pretrain_seconds": pre_s, "pretrain_precision": pre_precision,
+            "fit_seconds": round(fit.fit_seconds, 2),
+            "test_seconds": metrics.test_seconds,
+            "job_seconds": round(time.perf_counter() - t_job, 2),
+            "metrics": metrics.numbers(),
+        }
+        append_result(ctx.out / "results.jsonl", rec)
+        recs.append(rec)
+        log(_result_line(job, metrics))
+        del det, fit
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return recs
 
 
@@ -375,10 +396,15 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
 
         run_parallel(ctx, groups_of(todo), jobs, dev, log)
     else:
-        for job in todo:
+        clock = [time.perf_counter()]
+
+        def announce(job: Job) -> None:  # before each job: the previous one's time, this one's place and the ETA
+            now = time.perf_counter()
+            if job is not todo[0]:
+                finished.append(now - clock[0])
+            clock[0] = now
             log(progress_line(job, len(planned) - len(todo) + len(finished) + 1, len(planned), finished))
-            t0 = time.perf_counter()
-            run_jobs(ctx, [job], log)
-            finished.append(time.perf_counter() - t0)
+
+        run_jobs(ctx, todo, log, announce)
     done = read_results(out / "results.jsonl")
     return [done[j.key] for j in planned if j.key in done]

@@ -84,6 +84,16 @@ def aggregate(tables: list[Table], records: list[dict[str, Any]], datasets: list
     return out
 
 
+def tables_header(profile: Profile, records: list[dict[str, Any]], planned: int) -> str:
+    """The first lines of tables.md, from the records alone (so that ``--report-only`` writes what the run
+    wrote, bit for bit): how much of the grid is done and the machines the results were measured on."""
+    machines = sorted({r.get("versions", {}).get("machine", "unknown") for r in records})
+    torch_versions = sorted({r.get("versions", {}).get("torch", "unknown") for r in records})
+    return (f"# msacl bench, profile `{profile.name}`, {profile.seeds} seed(s): {len(records)} of {planned} jobs "
+            f"done\n\nMeasured on: {'; '.join(machines)} (torch {', '.join(torch_versions)}). Written from "
+            "results.jsonl by `msacl bench` (`--report-only` rewrites it from that file alone).")
+
+
 def _fmt(s: dict[str, Any], seeds: int) -> str:
     if s["mean"] is None:
         return "-"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     from msacl.bench.grid import resolve_backbone
     from msacl.bench.runner import plan, pretraining_summary, read_results, run_grid
-    from msacl.bench.tables import aggregate, write_tables
+    from msacl.bench.tables import aggregate, tables_header, write_tables
     from msacl.config import to_dict
     from msacl.runs import RunDir
 
@@ -146,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
         records = [done[j.key] for j in jobs if j.key in done]
         if not records:
             raise MsaclError(f"{out / 'results.jsonl'}: no results of the selected jobs yet")
-        header = (f"# msacl bench, profile `{profile.name}`, up to {seeds} seed(s): {len(records)} of "
-                  f"{len(jobs)} jobs done\n\nMachine: {platform.platform()}, {os.cpu_count()} CPU cores.")
+        header = tables_header(profile, records, len(jobs))
         files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
         print(files["markdown"].read_text())
         return 0
@@ -160,15 +158,8 @@ def run(args: argparse.Namespace) -> int:
     records = run_grid(profile, all_tables, Path(args.data_root), out, datasets, seeds=seeds,
                        backbone=backbone, device=args.device, progress=not args.quiet, jobs=args.jobs,
                        executor=args.executor, cluster=_cluster_settings(args.cluster), log=info)
-    header = (f"# msacl bench, profile `{profile.name}`, {seeds} seed(s)\n\n"
-              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. "
-              f"Command: `msacl bench --profile {profile.name} --backbone {backbone} --data {' '.join(datasets)} "
-              f"--seeds {seeds}"
-              f"{' --tables ' + ' '.join(args.tables) if args.tables else ''}"
-              f"{f' --epochs {args.epochs}' if args.epochs is not None else ''}"
-              f"{f' --precision {args.precision}' if args.precision is not None else ''}"
-              f"{' --bn-stats ' + ' '.join(args.bn_stats) if args.bn_stats else ''}`. "
-              f"This invocation ran {time.perf_counter() - t0:.0f} s.")
+    info(f"[bench] this invocation ran {time.perf_counter() - t0:.0f} s")
+    header = tables_header(profile, records, len(jobs))
     files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
     print(files["markdown"].read_text())
     print(f"tables: {files['markdown']}  {files['json']}")
