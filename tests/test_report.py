@@ -245,3 +245,73 @@ def test_overlay_png_keeps_the_input_size_and_marks_the_threshold():
     assert diff[:, 200:].any()
     with pytest.raises(MsaclError, match="heat map of shape"):
         overlay_png(img, amap[:10])
+
+
+def _headline_metrics(scores, labels, maps, masks):
+    metrics = evaluate(scores, labels, maps, masks, threshold=1.0, n_bootstrap=100)
+    metrics.update({"decision_threshold": 1.2345, "decision_fpr_target": 0.05, "decision_n": 19,
+                    "decision_test_fpr": 0.1667, "decision_test_sensitivity": 0.625, "threshold_rule": "val Dice",
+                    "test_data": f"/somewhere/{NASTY}/kvasir"})
+    return metrics
+
+
+def test_report_opens_with_the_headline_block(tmp_path):
+    images, labels, scores, maps, masks, paths = _record()
+    metrics = _headline_metrics(scores, labels, maps, masks)
+    out = write_report(tmp_path, images=images, labels=labels, scores=scores, maps=maps, masks=masks, paths=paths,
+                       metrics=metrics, title="padim on kvasir", score_threshold=1.2345)
+    raw = out.read_text(encoding="utf-8")
+    head = raw[raw.index("<section class='headline'"):raw.index("</section>")]
+    # first on the page: the headline, then the pictures, then the full table
+    assert raw.index("<section class='headline'") < raw.index("<img") < raw.index("<h2>All metrics</h2>")
+    text = re.sub(r"<[^>]+>", " ", head)
+    assert "Data:  kvasir" in text and "6 normal / 8 abnormal test images" in text
+    assert f"{metrics['image_auroc']:.3f}" in text
+    assert f"[{metrics['image_auroc_ci_low']:.3f}, {metrics['image_auroc_ci_high']:.3f}] 95% bootstrap" in text
+    assert "test FPR 0.167 sensitivity 0.625" in text and "abnormal if score &gt; 1.234" in text
+    assert "false-positive rate of 0.05 on 19 held-out normal images" in text
+    assert f"{metrics['pixel_auroc']:.3f}" in text and f"{metrics['dice']:.3f}" in text and "val Dice" in text
+    assert "<script>" not in raw and "&lt;script&gt;" in head  # the folder's path is escaped
+
+
+def test_headline_says_what_a_run_lacks(tmp_path):
+    from msacl.records import Metrics
+    from msacl.report.headline import data_folder, headline_html
+
+    images, labels, scores, maps, masks, paths = _record()
+    out = write_report(tmp_path, images=images, labels=labels, scores=scores, paths=paths,
+                       metrics=evaluate(scores, labels, n_bootstrap=0), title="t")
+    raw = out.read_text(encoding="utf-8")
+    head = re.sub(r"<[^>]+>", " ", raw[raw.index("<section class='headline'"):raw.index("</section>")])
+    assert "no held-out normal images" in head and head.count("the test split has no lesion masks") == 2
+    assert "Data:  data " in head  # from the test files' paths: data/test/<class>/...
+    assert data_folder(Metrics(), ["x.png"]) == "(not recorded)"
+    one_class = headline_html(Metrics(n_images=3, n_normal=0, n_abnormal=3), [])
+    assert "needs normal and abnormal test images" in one_class
+
+
+def test_report_headline_in_headless_chromium(tmp_path):
+    """The headline block is what a reader sees first: on a 1000 x 700 screenshot, its tinted box is there."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium); the headline's HTML is tested in "
+                    "test_report_opens_with_the_headline_block")
+    images, labels, scores, maps, masks, paths = _record()
+    metrics = _headline_metrics(scores, labels, maps, masks)
+    out = write_report(tmp_path, images=images, labels=labels, scores=scores, maps=maps, masks=masks, paths=paths,
+                       metrics=metrics, title="padim on kvasir", score_threshold=1.2345)
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,700", "--hide-scrollbars"]
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("RGB")).astype(int)
+    tint = (np.abs(px - np.array([0xEA, 0xF2, 0xFB])).sum(2) <= 3)  # the headline's background, #eaf2fb
+    rows = np.nonzero(tint.any(1))[0]
+    assert rows.size and rows.min() < 200 and tint.sum() > 20_000, (rows[:3], tint.sum())
+    # the cards sit on it: white boxes inside the tinted area
+    top, bottom = rows.min(), rows.max()
+    assert (px[top:bottom, :, :] == 255).all(2).sum() > 20_000

@@ -2,9 +2,11 @@
 their masks in the abnormal test images.
 
 It is written in the ``folder`` layout (train/normal, test/normal, test/abnormal, test/masks) with a
-README.txt that says it is synthetic. Tests and ``msacl demo`` use it. The lesions are small, soft-edged and
-of moderate contrast against tissue whose colour, texture and lighting vary from image to image, so a
-detector separates them well but not trivially.
+README.txt that says it is synthetic. Tests and ``msacl demo`` use it. By default the lesions are small,
+soft-edged and of moderate contrast against tissue whose colour, texture and lighting vary from image to
+image, so a detector separates them well but not trivially. ``msacl demo`` asks for larger, darker ones
+(``lesion_radius``, ``lesion_strength``, ``lesion_contrast``), which a working pipeline separates almost
+perfectly, so that a broken one shows; the normal images are the same either way.
 
 >>> import tempfile
 >>> root = write_synthetic(tempfile.mkdtemp() + "/syn", size=32, n_train=4, n_test_normal=2, n_test_abnormal=2)
@@ -29,7 +31,8 @@ from msacl.runs import make_generator
 README = """SYNTHETIC DATA - not medical images.
 
 Written by msacl.data.synthetic.write_synthetic(size={size}, n_train={n_train}, n_test_normal={n_test_normal},
-n_test_abnormal={n_test_abnormal}, channels={channels}, seed={seed}).
+n_test_abnormal={n_test_abnormal}, channels={channels}, seed={seed}, lesion_radius={lesion_radius},
+lesion_strength={lesion_strength}, lesion_contrast={lesion_contrast}).
 
 Textured pink "tissue" with random colour, texture, folds and lighting; each abnormal test image has one
 soft-edged darker, textured blob ("lesion"); test/masks holds its binary mask (PNG 0/255, same file name).
@@ -73,11 +76,11 @@ def _tissue(size: int, g: torch.Generator) -> torch.Tensor:
     return img.clamp(0, 1)
 
 
-def _lesion(size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _lesion(size: int, g: torch.Generator, radius: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft alpha and binary mask of one irregular blob. Shape: (size, size) each."""
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
-    r = float(_u(g, 0.08, 0.15)) * size
+    r = float(_u(g, *radius)) * size
     cy, cx = (float(_u(g, 0.25, 0.75)) * size for _ in range(2))
     aspect, rot = float(_u(g, 0.7, 1.3)), float(_u(g, 0, math.pi))
     dy, dx = yy - cy, xx - cx
@@ -91,12 +94,14 @@ def _lesion(size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha, d <= 1
 
 
-def _abnormal(size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _abnormal(size: int, g: torch.Generator, radius: tuple[float, float], strength_range: tuple[float, float],
+              contrast: float) -> tuple[torch.Tensor, torch.Tensor]:
     img = _tissue(size, g)
-    alpha, mask = _lesion(size, g)
+    alpha, mask = _lesion(size, g, radius)
     tint = torch.tensor([0.66, 0.46, 0.46]) + _u(g, -0.05, 0.05, (3,))  # darker, more saturated red
+    tint = (1 - contrast * (1 - tint)).clamp(0, 1)
     tex = 0.8 + 0.4 * _smooth_noise(size, 2.5, g)
-    strength = float(_u(g, 0.5, 0.9))
+    strength = float(_u(g, *strength_range))
     lesion = img * tint[:, None, None] * tex
     w = alpha * strength
     return (img * (1 - w) + lesion * w).clamp(0, 1), mask
@@ -118,6 +123,9 @@ def write_synthetic(
     n_test_abnormal: int = 24,
     channels: int = 3,
     seed: int = 0,
+    lesion_radius: tuple[float, float] = (0.08, 0.15),
+    lesion_strength: tuple[float, float] = (0.5, 0.9),
+    lesion_contrast: float = 1.0,
 ) -> Path:
     """Write a synthetic data set in the ``folder`` layout; the same arguments always give the same files.
 
@@ -128,6 +136,10 @@ def write_synthetic(
         n_train, n_test_normal, n_test_abnormal: image counts.
         channels: 1 (grey PNG) or 3 (RGB PNG).
         seed: seed of every random choice.
+        lesion_radius: range of a lesion's radius, as a fraction of ``size``.
+        lesion_strength: range of a lesion's peak opacity over the tissue (1: the lesion's colour alone).
+        lesion_contrast: how much darker and redder than the tissue a lesion is (1: as the tests' set; 2: twice
+            as far from the tissue's colour).
 
     Returns:
         ``root`` as a Path.
@@ -137,6 +149,11 @@ def write_synthetic(
         raise DataError(f"channels must be 1 or 3, got {channels}")
     if size < 16:
         raise DataError(f"size must be at least 16 pixels, got {size}")
+    for name, (lo, hi), top in (("lesion_radius", lesion_radius, 0.5), ("lesion_strength", lesion_strength, 1.0)):
+        if not 0 < lo <= hi <= top:
+            raise DataError(f"{name} must be a range (low, high) with 0 < low <= high <= {top:g}, got {(lo, hi)}")
+    if not lesion_contrast > 0:
+        raise DataError(f"lesion_contrast must be positive, got {lesion_contrast}")
     if root.exists() and any(root.iterdir()):
         readme = root / "README.txt"
         if not (readme.is_file() and readme.read_text(errors="replace").startswith(MARKER)):
@@ -152,9 +169,11 @@ def write_synthetic(
     for i in range(n_test_normal):
         _save(_tissue(size, g), dirs["test/normal"] / f"normal_{i:04d}.png", channels)
     for i in range(n_test_abnormal):
-        img, mask = _abnormal(size, g)
+        img, mask = _abnormal(size, g, lesion_radius, lesion_strength, lesion_contrast)
         _save(img, dirs["test/abnormal"] / f"lesion_{i:04d}.png", channels)
         Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L").save(dirs["test/masks"] / f"lesion_{i:04d}.png")
-    (root / "README.txt").write_text(README.format(size=size, n_train=n_train, n_test_normal=n_test_normal,
-                                                   n_test_abnormal=n_test_abnormal, channels=channels, seed=seed))
+    (root / "README.txt").write_text(README.format(
+        size=size, n_train=n_train, n_test_normal=n_test_normal, n_test_abnormal=n_test_abnormal, channels=channels,
+        seed=seed, lesion_radius=tuple(lesion_radius), lesion_strength=tuple(lesion_strength),
+        lesion_contrast=lesion_contrast))
     return root

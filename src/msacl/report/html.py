@@ -1,4 +1,10 @@
-"""A self-contained HTML report of one test run (figures embedded, so the page can be mailed alone)."""
+"""A self-contained HTML report of one test run (figures embedded, so the page can be mailed alone).
+
+The page opens with the headline block (:mod:`msacl.report.headline`: the data folder, image AUROC with its
+interval, the decision at the calibrated threshold, pixel AUROC and Dice), then the pictures (ROC curve,
+score histograms, heat-map overlays, t-SNE), then the full metrics table, the ranked images and the run's
+settings.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from msacl.config import to_dict
 from msacl.errors import MsaclError
 from msacl.metrics._checks import check_labels, check_scores
 from msacl.records import DecisionMetrics, Metrics, PixelMetrics
+from msacl.report.headline import CSS as HEADLINE_CSS
+from msacl.report.headline import headline_html
 from msacl.report.plots import overlay_ranking, plot_histograms, plot_overlays, plot_roc, plot_tsne
 from msacl.runs import atomic_write_text
 
@@ -168,10 +176,11 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.html`` and its figures (``roc.png``, ``histograms.png``, ``overlays.png``).
 
-    The page holds the metrics table (with bootstrap intervals and notes), the ROC curve, the score
-    histograms, heat-map overlays of the most and least anomalous images, the ranked file list, and the run's
-    config, command and metadata (read from ``run_dir`` when present). Figures are embedded as base64, so
-    the HTML file is complete on its own; every piece of text is HTML-escaped.
+    The page holds, in this order: the headline block, the notes, the ROC curve, the score histograms,
+    heat-map overlays of the most and least anomalous images, the t-SNE picture, the full metrics table
+    (with bootstrap intervals), the ranked file list, and the run's config, command and metadata (read from
+    ``run_dir`` when present). Figures are embedded as base64, so the HTML file is complete on its own;
+    every piece of text is HTML-escaped.
 
     Args:
         run_dir: the run directory (created if missing).
@@ -212,11 +221,12 @@ def write_report(
     if features is not None:
         ts = plot_tsne(features, y, run_dir / "tsne.png")
         parts.append(f"<h2>Features</h2>\n{_figure(ts, 't-SNE', 't-SNE of image features.')}")
+    parts.append(f"<h2>All metrics</h2>\n{_metrics_table(table)}")
     parts.append(f"<h2>Ranked images</h2>\n{_ranked_table(s, y, paths, min(n_overlays, s.size))}")
     run_info = _run_section(run_dir, config)
     if run_info:
         parts.append(run_info)
-    page = _page(title, run_dir, table, list(record.notes) + skipped, parts)
+    page = _page(title, run_dir, headline_html(record, paths), list(record.notes) + skipped, parts)
     out = run_dir / "report.html"
     atomic_write_text(out, page)
     return out
@@ -275,7 +285,7 @@ def _run_section(run_dir: Path, config: Any) -> str | None:
     return "<h2>Run</h2>\n" + "\n".join(run_info) if run_info else None
 
 
-def _page(title: str, run_dir: Path, table: dict[str, Any], notes: list[str], parts: list[str]) -> str:
+def _page(title: str, run_dir: Path, headline: str, notes: list[str], parts: list[str]) -> str:
     notes_html = ("<ul class='notes'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>") if notes else ""
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -284,13 +294,12 @@ def _page(title: str, run_dir: Path, table: dict[str, Any], notes: list[str], pa
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title>
-<style>{_CSS}</style>
+<style>{_CSS}{HEADLINE_CSS}</style>
 </head>
 <body>
 <h1>{_esc(title)}</h1>
 <div class="sub">{_esc(f"run directory {run_dir.name} - msacl {__version__} - written {now}")}</div>
-<h2>Metrics</h2>
-{_metrics_table(table)}
+{headline}
 {notes_html}
 {chr(10).join(parts)}
 </body>
