@@ -1,9 +1,11 @@
 """How far pre-training moved an encoder from its ImageNet start, stage by stage.
 
 For each ``encoder.pt`` given (or run folder holding one), the relative L2 change ||w - w0|| / ||w0|| of
-the learned weights (BatchNorm running statistics and the unused classifier left out) of each stage of the
-backbone, against the ImageNet weights of the same backbone (``msacl.models.build_encoder(backbone,
-"imagenet")``). A stage is a top-level module, or a ``blocks.N`` / ``layerN`` group (EfficientNet / ResNet).
+the learned weights (the unused classifier left out) of each stage of the backbone, against the ImageNet weights
+of the same backbone (``msacl.models.build_encoder(backbone, "imagenet")``), and the same for the BatchNorm running
+statistics, the means and the variances apart: a detector on a frozen encoder normalises with them, so they move
+its features as much as the weights do (``bn_stats``). A stage is a top-level module, or a ``blocks.N`` /
+``layerN`` group (EfficientNet / ResNet).
 
     python benchmarks/weight_change.py runs/pretext/pretrain/kvasir_seg_patch128/tf_efficientnet_lite0/msacl/seed0
 """
@@ -24,12 +26,16 @@ def stage(key: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
 
 
-def relative_change(state: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per stage: ||w - w0|| / ||w0|| over the floating-point, non-running-statistics tensors both hold."""
+def relative_change(state: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
+                    kind: str = "weights") -> dict[str, float]:
+    """Per stage: ||w - w0|| / ||w0|| over the floating-point tensors both hold of one ``kind``: ``"weights"``
+    (learned parameters), ``"running_mean"`` or ``"running_var"`` (BatchNorm running statistics)."""
     num: dict[str, float] = defaultdict(float)
     den: dict[str, float] = defaultdict(float)
     for k, v in state.items():
-        if k not in ref or not v.is_floating_point() or "running_" in k or k.startswith(SKIP):
+        if k not in ref or not v.is_floating_point() or k.startswith(SKIP):
+            continue
+        if (kind == "weights" and "running_" in k) or (kind != "weights" and not k.endswith(kind)):
             continue
         num[stage(k)] += float((v.double() - ref[k].double()).pow(2).sum())
         den[stage(k)] += float(ref[k].double().pow(2).sum())
@@ -51,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         if backbone not in refs:
             refs[backbone] = build_encoder(backbone, "imagenet").backbone.state_dict()
         state, _ = read_state_dict(path)
-        change = relative_change(state, refs[backbone])
         print(path)
-        print("  " + "  ".join(f"{s} {100 * c:.1f}%" for s, c in change.items()))
+        for kind in ("weights", "running_mean", "running_var"):
+            change = relative_change(state, refs[backbone], kind)
+            print(f"  {kind:<13}" + "  ".join(f"{s} {100 * c:.1f}%" for s, c in change.items()))
     return 0
 
 

@@ -30,6 +30,9 @@ def test_weight_change_is_the_relative_l2_change_per_stage():
     # stem: ||(0, 0, 0, 2)|| / ||(1, 1, 1, 1)|| = 1; blocks.0 (both of its blocks): every weight 2 -> 2.2, so 0.1;
     # running statistics and the classifier are left out
     assert got == pytest.approx({"conv_stem": 1.0, "blocks.0": 0.1})
+    # ... and reported on their own: the variance 1 -> 9 is a relative change of 8
+    assert wc.relative_change(state, ref, "running_var") == pytest.approx({"blocks.0": 8.0})
+    assert wc.relative_change(state, ref, "running_mean") == {}
 
 
 def test_naive_padim_score_is_the_largest_mahalanobis_distance_of_the_map():
