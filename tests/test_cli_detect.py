@@ -314,6 +314,16 @@ def test_test_and_predict_explain_a_bad_run_dir(capsys, tmp_path):
     assert code == 1 and "not a fitted run" in err and "msacl fit" in err
 
 
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_test_refuses_another_channel_count_as_predict_does(fitted_runs, name, synthetic_data, capsys):
+    code, _, err = cli(capsys, "test", "--run", fitted_runs[name], "--data", synthetic_data, "--channels", "1",
+                       "--no-report", "--quiet")
+    assert code == 1 and "--channels 1" in err and "fitted on 3-channel images" in err and "not comparable" in err
+    code, _, _ = cli(capsys, "test", "--run", fitted_runs[name], "--data", synthetic_data, "--channels", "3",
+                     "--no-report", "--quiet")
+    assert code == 0
+
+
 def test_refuses_to_overwrite_a_fitted_run(fitted_runs, synthetic_data, capsys):
     code, _, err = cli(capsys, "fit", "--detector", "padim", "--data", synthetic_data, "--out", fitted_runs["padim"])
     assert code == 1 and "--force" in err

@@ -87,9 +87,16 @@ def _test(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size != size:
         info(f"--image-size {args.image_size} ignored: the detector was fitted at {size} px, images are "
              f"resized to that")
+    channels = int(data_cfg.get("channels", 3))
+    if args.channels is not None and args.channels != channels:
+        # as `predict` and `serve` refuse an image of another colour: its score is not comparable
+        raise DataError(f"--channels {args.channels}: {run} was fitted on {channels}-channel images, and scores of "
+                        f"{args.channels}-channel images are not comparable with them (the same content scores "
+                        f"differently in grey and in colour); leave --channels out, or fit a run on "
+                        f"{args.channels}-channel images")
     det = Detector.load(run / "detector.pt")
     device = resolve_device(args.device)
-    test = load_split(data, "test", image_size=size, channels=args.channels or data_cfg.get("channels", 3),
+    test = load_split(data, "test", image_size=size, channels=channels,
                       layout=args.layout or data_cfg.get("layout", "folder"), on_bad_file=args.on_bad_file,
                       cache_dir=args.cache_dir)
     report_skipped(run, test)
