@@ -35,12 +35,6 @@ def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
     monkeypatch.setenv("MSACL_WEIGHTS_DIR", str(caches / "msacl"))
 
 
-@pytest.fixture(autouse=True)
-def _pin_global_rng():
-    """Layer initialisation draws from torch's global generator: pin it so no test depends on test order."""
-    torch.manual_seed(0)
-
-
 def shared_data_root() -> Path:
     """Where the real data sets live: $MSACL_DATA_ROOT, else ../shared/data beside the repository."""
     return Path(os.environ.get("MSACL_DATA_ROOT", REPO.parent / "shared" / "data"))

@@ -132,6 +132,8 @@ def prepare_detector(
         kwargs["image_size"] = image_size_of(train.images, where)
     if "channels" in params:
         kwargs["channels"] = int(train.images.shape[1])
+    if "init_seed" in params and "init_seed" not in kwargs:
+        kwargs["init_seed"] = seed  # the random initialisation follows the run's seed
     det = build_seeded(name, kwargs, seed)
     loaded = {}
     for part, source in (encoders or {}).items():

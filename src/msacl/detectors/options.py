@@ -89,6 +89,9 @@ class FrozenEncoderOptions(DetectorOptions):
     docs/benchmarks.md, "What pre-training does to PaDiM, BatchNorm controlled"."""
 
     bn_stats: Literal["encoder", "train"] = "encoder"
+    # Seed of the encoder's construction (its random initialisation, before any weights are loaded): a
+    # detector never draws from torch's global generator.
+    init_seed: int = 0
 
 
 @dataclass

@@ -30,7 +30,7 @@ from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
 from msacl.models.features import FrozenFeatures, feature_grid
-from msacl.runs import as_generator
+from msacl.runs import as_generator, seeded
 
 
 def default_d(total_channels: int) -> int:
@@ -107,7 +107,8 @@ class Padim(Detector):
     def __init__(self, options: PadimOptions | None = None, /, **kwargs: Any):
         super().__init__(options, **kwargs)
         o = self.options
-        encoder = Encoder(o.backbone)
+        with seeded(self.options.init_seed):  # the random init, before any weights are loaded
+            encoder = Encoder(self.options.backbone)
         strides = check_strides(o.strides, encoder.spec)
         self.options = dataclasses.replace(o, strides=strides)
         self.encoder = encoder

@@ -51,7 +51,7 @@ from msacl.detectors.options import PandaOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides, sequential_parts
 from msacl.models.encoders import Encoder
-from msacl.runs import as_generator
+from msacl.runs import as_generator, seeded
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
 
@@ -150,7 +150,8 @@ class Panda(CheckpointedFit, Detector):
 
     def __init__(self, options: PandaOptions | None = None, /, **kwargs: Any):
         super().__init__(options, **kwargs)
-        encoder = Encoder(self.options.backbone)
+        with seeded(self.options.init_seed):  # the random init, before any weights are loaded
+            encoder = Encoder(self.options.backbone)
         strides = check_strides(self.options.map_strides, encoder.spec)
         self.options = dataclasses.replace(self.options, map_strides=strides)
         self.encoder = encoder

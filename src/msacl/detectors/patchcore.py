@@ -32,7 +32,7 @@ from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
 from msacl.models.features import FrozenFeatures
-from msacl.runs import as_generator
+from msacl.runs import as_generator, seeded
 
 
 def sparse_random_projection(d_in: int, d_out: int, *, generator: torch.Generator,
@@ -145,7 +145,8 @@ class PatchCore(Detector):
 
     def __init__(self, options: PatchCoreOptions | None = None, /, **kwargs: Any):
         super().__init__(options, **kwargs)
-        encoder = Encoder(self.options.backbone)
+        with seeded(self.options.init_seed):  # the random init, before any weights are loaded
+            encoder = Encoder(self.options.backbone)
         strides = check_strides(self.options.strides, encoder.spec)
         self.options = dataclasses.replace(self.options, strides=strides)
         self.encoder = encoder
