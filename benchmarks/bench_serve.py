@@ -1,15 +1,22 @@
-"""`msacl serve` benchmark: requests per second and latency with 1, 4 and 16 concurrent clients on loopback.
+"""`msacl serve` benchmark: throughput under load, large images, and memory over a fixed number of requests.
 
 The service is started as its own process (`msacl serve`, 127.0.0.1 only, a free port) on a fitted run; each
 client is a thread with a keep-alive HTTP connection that posts the run's own test images (PNG bytes held in
 memory) to /predict in turn until its share of --requests is done or --seconds have passed. Reported per
-level: completed requests, requests/s, median and 95th-percentile latency, and non-200 answers. Side-by-side
-reference, measured in the same run: the same work in-process with no HTTP (msacl.inference.FittedRun: decode,
-score, draw the heat map), one image at a time.
+level (1, 4 and 16 clients): completed requests, requests/s, median and 95th-percentile latency, non-200
+answers and the detector's mean batch. Side-by-side references, measured in the same run: the service with
+--max-batch 1 (one image per forward pass, the lock of earlier versions), its levels interleaved with the
+batched service's, and the same work in-process with no HTTP, one image at a time.
+
+--large posts a 13,000 x 13,000 PNG (refused from its header), a 2,000 x 2,000 one and a 7,000 x 7,000 one
+(just under the pixel limit) while a second client polls /health every 0.1 s, and reports each answer's
+time and the slowest /health. --soak N posts N images
+(4 clients) and reads the service's resident memory (VmRSS) after the first 100 and after all N.
 
     python benchmarks/bench_serve.py                         # fits PaDiM on kvasir_seg_patch128 (128 px) first
     python benchmarks/bench_serve.py --run runs/padim --seconds 20 --requests 400
-    python benchmarks/bench_serve.py --no-heatmap            # JSON without the heat-map PNG
+    python benchmarks/bench_serve.py --run runs/padim --no-heatmap      # JSON without the heat-map PNG
+    python benchmarks/bench_serve.py --run runs/padim --large --soak 1000 --skip-levels
 
 Traffic goes to 127.0.0.1 only, and every loop is bounded by a count and a time.
 """
@@ -114,6 +121,169 @@ def load_level(url: str, files: list[tuple[str, bytes]], clients: int, n_request
             "non_200": sum(v for k, v in codes.items() if k != 200)}
 
 
+class Service:
+    """``msacl serve`` on a free loopback port, as a child process, for the length of a ``with`` block."""
+
+    def __init__(self, run: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(msacl_cmd("serve", "--run", str(run), "--port", str(self.port), "--quiet",
+                                               *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> Service:
+        try:
+            self.ready_s = wait_ready(self.url, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def rss_mb(self) -> float | None:
+        """The service's resident memory (Linux /proc), or None elsewhere."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def batching(self) -> dict:
+        import httpx
+
+        h = httpx.get(self.url + "/health", timeout=10).json()
+        return {k: h.get(k) for k in ("max_batch", "batches", "images_scored", "mean_batch")}
+
+
+def print_level(tag: str, r: dict) -> None:
+    print(f"{tag:<10}{r['clients']:>3} client(s): {r['requests']:>4} requests in {r['seconds']:>6.2f} s  "
+          f"{r['requests_per_s']:>7.2f} req/s  p50 {r['p50_ms']:>7.1f} ms  p95 {r['p95_ms']:>7.1f} ms  "
+          f"non-200: {r['non_200']}  mean batch {r.get('mean_batch')}", flush=True)
+
+
+def levels(run: Path, files: list[tuple[str, bytes]], args: argparse.Namespace, heatmap: bool) -> list[dict]:
+    """Each level against the batched service and against --max-batch 1, interleaved, in both orders."""
+    rows = []
+    with Service(run, "--max-batch", str(args.max_batch)) as batched, Service(run, "--max-batch", "1") as single:
+        print(f"services ready after {batched.ready_s:.1f} / {single.ready_s:.1f} s; {len(files)} images; "
+              f"heat map: {heatmap}", flush=True)
+        for svc in (batched, single):
+            load_level(svc.url, files, 1, 3, 60, heatmap)  # warm-up: cached helpers, first allocations
+        for rnd in range(args.rounds):
+            for clients in LEVELS:
+                pair = [(f"batch {args.max_batch}", batched), ("batch 1", single)]
+                for tag, svc in pair if rnd % 2 == 0 else pair[::-1]:
+                    before = svc.batching()
+                    r = load_level(svc.url, files, clients, args.requests, args.seconds, heatmap)
+                    after = svc.batching()
+                    n = after["batches"] - before["batches"]
+                    r["mean_batch"] = round((after["images_scored"] - before["images_scored"]) / n, 2) if n else None
+                    r.update(service=tag, round=rnd)
+                    rows.append(r)
+                    print_level(tag, r)
+    return rows
+
+
+def big_png(side: int) -> bytes:
+    """A real side x side RGB PNG (a gradient in seven bands), streamed through zlib row by row: 13,000 px
+    make about half a megabyte, like the upload of the issue (169 megapixels, under Pillow's bomb limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    ramp = bytes((x * 255 // max(1, side - 1)) for x in range(side))
+    bands = [b"\x00" + bytes(v for px in zip(ramp, ramp, bytes([30 * k]) * side, strict=True) for v in px)
+             for k in range(7)]  # seven horizontal bands, each row a red-green ramp over a band's blue
+    same = b"\x02" + bytes(3 * side)  # PNG filter "Up": this row equals the one above
+    parts = [z.compress(bands[y * 7 // side] if y == 0 or y * 7 // side != (y - 1) * 7 // side else same)
+             for y in range(side)]
+    parts.append(z.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def timed_with_health(url: str, name: str, data: bytes) -> dict:
+    """One post of ``data`` while another client polls /health every 0.1 s: its status, time, slowest /health."""
+    import httpx
+
+    health: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for _ in range(3000):  # at most 5 minutes
+                if done.is_set():
+                    return
+                t0 = time.perf_counter()
+                c.get("/health")
+                health.append(time.perf_counter() - t0)
+                time.sleep(0.1)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    r = httpx.post(url + "/predict", files={"file": (name, data, "image/png")}, timeout=300)
+    took = time.perf_counter() - t0
+    done.set()
+    poller.join()
+    return {"file": name, "bytes": len(data), "status": r.status_code, "seconds": round(took, 2),
+            "health_max_ms": round(1000 * max(health), 1) if health else None, "health_polls": len(health),
+            "detail": r.json().get("detail") if r.status_code != 200 else None}
+
+
+def large(run: Path, files: list[tuple[str, bytes]]) -> list[dict]:
+    """The 13,000 x 13,000 PNG (over the pixel limit), a 2,000 x 2,000 one and a 7,000 x 7,000 one (49 megapixels,
+    the largest the default limit lets through), each with /health polled."""
+    import io
+
+    from PIL import Image
+
+    name, data = files[0]
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize((2000, 2000), Image.Resampling.BILINEAR).save(buf, "PNG")
+    rows = []
+    with Service(run) as svc:
+        load_level(svc.url, files, 1, 3, 60, True)
+        for label, blob in (("13000x13000.png", big_png(13_000)), ("2000x2000.png", buf.getvalue()),
+                            ("7000x7000.png", big_png(7000))):
+            r = timed_with_health(svc.url, label, blob)
+            rows.append(r)
+            print(f"{label}: {r['bytes'] / 1e3:.0f} KB -> {r['status']} in {r['seconds']:.2f} s; slowest /health "
+                  f"{r['health_max_ms']} ms over {r['health_polls']} polls" + (f"; {r['detail']}" if r["detail"]
+                                                                              else ""), flush=True)
+    return rows
+
+
+def soak(run: Path, files: list[tuple[str, bytes]], n: int, heatmap: bool) -> dict:
+    """n posts from 4 clients; the service's resident memory after the first 100 and after all n."""
+    with Service(run) as svc:
+        first = load_level(svc.url, files, 4, 100, 600, heatmap)
+        rss_100 = svc.rss_mb()
+        rest = load_level(svc.url, files, 4, n - 100, 3600, heatmap)
+        rss_n = svc.rss_mb()
+    r = {"requests": first["requests"] + rest["requests"], "non_200": first["non_200"] + rest["non_200"],
+         "rss_mb_after_100": None if rss_100 is None else round(rss_100, 1),
+         "rss_mb_after_all": None if rss_n is None else round(rss_n, 1),
+         "growth": None if not (rss_100 and rss_n) else round(rss_n / rss_100 - 1, 4)}
+    print(f"soak: {r['requests']} requests ({r['non_200']} non-200); resident memory {r['rss_mb_after_100']} MB "
+          f"after 100, {r['rss_mb_after_all']} MB after all ({r['growth']:+.1%})", flush=True)
+    return r
+
+
+
+
+
 def in_process(run: Path, files: list[tuple[str, bytes]], n: int, heatmap: bool) -> dict:
     """The reference: decode, score and draw one image at a time in this process, no HTTP."""
     from msacl.inference import FittedRun
@@ -146,12 +316,19 @@ def main() -> int:
     ap.add_argument("--run", type=Path, default=None, help="a fitted run (default: fit PaDiM first)")
     ap.add_argument("--requests", type=int, default=300, help="posts per concurrency level at most (default 300)")
     ap.add_argument("--seconds", type=float, default=30.0, help="time per level at most (default 30)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the levels, orders alternating (default 2)")
+    ap.add_argument("--max-batch", type=int, default=16, help="the batched service's --max-batch (default 16)")
     ap.add_argument("--images", type=int, default=32, help="distinct test images posted in turn (default 32)")
     ap.add_argument("--no-heatmap", action="store_true", help="ask for JSON without the heat-map PNG")
+    ap.add_argument("--skip-levels", action="store_true", help="no throughput levels (with --large / --soak)")
+    ap.add_argument("--large", action="store_true", help="time a 13,000 and a 2,000 px image, /health polled")
+    ap.add_argument("--soak", type=int, default=0, metavar="N", help="post N images and compare memory (N > 100)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
-    if not 1 <= args.requests <= 100_000 or not 0 < args.seconds <= 600:
-        raise SystemExit("--requests must be in [1, 100000] and --seconds in (0, 600]")
+    if not 1 <= args.requests <= 100_000 or not 0 < args.seconds <= 600 or not 1 <= args.rounds <= 10:
+        raise SystemExit("--requests must be in [1, 100000], --seconds in (0, 600] and --rounds in [1, 10]")
+    if args.soak and not 100 < args.soak <= 100_000:
+        raise SystemExit("--soak must be in (100, 100000]")
     heatmap = not args.no_heatmap
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or fit_default(Path(tmp))
@@ -161,33 +338,20 @@ def main() -> int:
         root = Path(cfg["data"]["root"])
         pool = sorted((root / "test").rglob("*.png"))[: args.images] or sorted(root.rglob("*.png"))[: args.images]
         files = [(p.name, p.read_bytes()) for p in pool]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(msacl_cmd("serve", "--run", str(run), "--port", str(port), "--quiet"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            ready_s = wait_ready(url, proc)
-            print(f"service ready after {ready_s:.1f} s; {len(files)} images of {root}; heat map: {heatmap}",
-                  flush=True)
-            load_level(url, files, 1, 3, 60, heatmap)  # warm-up: cached helpers, first allocations
-            rows = []
-            for clients in LEVELS:
-                r = load_level(url, files, clients, args.requests, args.seconds, heatmap)
-                rows.append(r)
-                print(f"{clients:>3} client(s): {r['requests']:>4} requests in {r['seconds']:>6.2f} s  "
-                      f"{r['requests_per_s']:>7.2f} req/s  p50 {r['p50_ms']:>7.1f} ms  p95 {r['p95_ms']:>7.1f} ms  "
-                      f"non-200: {r['non_200']}", flush=True)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        ref = in_process(run, files, min(args.requests, 60), heatmap)
-        print(f"reference, in-process without HTTP, one at a time: {ref['images_per_s']:.2f} images/s  "
-              f"p50 {ref['p50_ms']:.1f} ms  p95 {ref['p95_ms']:.1f} ms", flush=True)
-        out = {"run": str(run), "heatmap": heatmap, "levels": rows, "in_process": ref, "ready_s": round(ready_s, 1),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count()}
+        out: dict = {"run": str(run), "heatmap": heatmap, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                     "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+        print(f"{len(files)} images of {root}; load average {out['load_average'][0]:.1f}", flush=True)
+        if not args.skip_levels:
+            out["levels"] = levels(run, files, args, heatmap)
+            ref = in_process(run, files, min(args.requests, 60), heatmap)
+            out["in_process"] = ref
+            print(f"reference, in-process without HTTP, one at a time: {ref['images_per_s']:.2f} images/s  "
+                  f"p50 {ref['p50_ms']:.1f} ms  p95 {ref['p95_ms']:.1f} ms", flush=True)
+        if args.large:
+            out["large"] = large(run, files)
+        if args.soak:
+            out["soak"] = soak(run, files, args.soak, heatmap)
+        out["load_average_end"] = os.getloadavg()
         if args.json:
             args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

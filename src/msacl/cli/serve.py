@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import os
 
-from msacl.cli.common import add_fpr, add_input_limits, info, input_limits
+from msacl.cli.common import add_fpr, add_input_limits, info, input_limits, positive_int
 
 KEY_ENV = "MSACL_API_KEY"
 
@@ -41,6 +41,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_input_limits(p)
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds one request may take once uploaded, queueing included; then 503 (default 30)")
+    p.add_argument("--max-batch", type=positive_int, default=16, metavar="N",
+                   help="most images of concurrent requests scored in one forward pass (default 16; 1: one at a "
+                        "time)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${KEY_ENV}; "
                         f"the variable keeps the key out of the process list)")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise MsaclError("msacl serve needs FastAPI and uvicorn: pip install 'msacl[serve]'") from None
     app = create_app(args.run, fpr=args.fpr, device=args.device, convert_channels=args.convert_channels,
                      max_bytes=int(args.max_upload_mb * 1024 * 1024), limits=input_limits(args),
-                     timeout_s=args.timeout, api_key=key)
+                     timeout_s=args.timeout, api_key=key, max_batch=args.max_batch)
     warning = exposure_warning(args.host, args.port, key)
     if warning:
         info(warning)

@@ -28,7 +28,7 @@ from typing import Any
 
 from msacl.errors import MsaclError
 from msacl.inference import InputLimits
-from msacl.serve.service import MAX_UPLOAD_BYTES, TIMEOUT_S, Deadline, Service, UploadError
+from msacl.serve.service import MAX_BATCH, MAX_UPLOAD_BYTES, TIMEOUT_S, Deadline, Service, UploadError
 
 try:  # module level: FastAPI reads the endpoints' annotations from this module's globals
     from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -91,7 +91,7 @@ async def _answer(svc: Service, data: bytes, name: str, heatmap: bool) -> Any:
 
 def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", convert_channels: bool = False,
                max_bytes: int = MAX_UPLOAD_BYTES, limits: InputLimits | None = None, timeout_s: float = TIMEOUT_S,
-               api_key: str | None = None, load_in_background: bool = True) -> Any:
+               api_key: str | None = None, max_batch: int = MAX_BATCH, load_in_background: bool = True) -> Any:
     """The FastAPI application serving ``run`` (see the module docstring).
 
     Args:
@@ -103,6 +103,7 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         limits: the images' pixel limits and the heat map's size (``msacl.inference.InputLimits``).
         timeout_s: time one request may take once uploaded (503 after it).
         api_key: the key every route but ``/health`` and ``/`` needs, or None for none.
+        max_batch: most images of concurrent requests scored in one forward pass (1: one at a time).
         load_in_background: load the run in a thread at start-up (the server answers /health meanwhile);
             False loads it before the application starts answering.
     """
@@ -115,7 +116,7 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
     from msacl.serve.page import PAGE
 
     svc = Service(run, fpr=fpr, device=device, convert_channels=convert_channels, max_bytes=max_bytes,
-                  limits=limits, timeout_s=timeout_s)
+                  limits=limits, timeout_s=timeout_s, max_batch=max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -124,6 +125,7 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         else:
             svc.load()
         yield
+        svc.close()
 
     app = FastAPI(title="msacl", description="anomaly scores and decisions for medical images", lifespan=lifespan)
     app.state.service = svc

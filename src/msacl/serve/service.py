@@ -7,8 +7,8 @@ waiting for the detector, drawing), so a request that has run out of time stops 
 holding the detector; the endpoint answers 503 at the limit in any case (``msacl.serve.app``).
 
 At most ``decode_slots`` uploads are decoded at once (each one can be up to ``max_pixels``, so this bounds
-the memory that concurrent large uploads take), and the detector runs one batch at a time (a lock: torch
-already uses the cores, and the first call builds cached helpers).
+the memory that concurrent large uploads take). One thread owns the detector and scores the images that
+concurrent requests are waiting with in one forward pass, up to ``max_batch`` (:mod:`msacl.serve.batching`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from typing import Any
 
 from msacl.errors import DataError, MsaclError
 from msacl.inference import InputLimits
+from msacl.serve.batching import Batcher
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 TIMEOUT_S = 30.0
+MAX_BATCH = 16
 # Leading bytes of the formats decode() reads, for uploads whose name says nothing (e.g. "blob").
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
           (b"BM", ".bmp"), (b"RIFF", ".webp"))
@@ -91,11 +93,12 @@ class Service:
         limits: the images' size limits and the heat map's size.
         timeout_s: time one request may take, from the end of its upload to its answer.
         decode_slots: uploads decoded at once (default: the number of cores).
+        max_batch: most images of concurrent requests scored in one forward pass (1: one at a time).
     """
 
     def __init__(self, run: str | Path, *, fpr: float, device: str, convert_channels: bool,
                  max_bytes: int = MAX_UPLOAD_BYTES, limits: InputLimits | None = None,
-                 timeout_s: float = TIMEOUT_S, decode_slots: int | None = None):
+                 timeout_s: float = TIMEOUT_S, decode_slots: int | None = None, max_batch: int = MAX_BATCH):
         self.run, self.fpr, self.device, self.convert_channels = str(run), fpr, device, convert_channels
         self.max_bytes, self.limits, self.timeout_s = max_bytes, limits or InputLimits(), timeout_s
         self.model: Any = None
@@ -103,8 +106,9 @@ class Service:
         self.loads = 0
         self.requests = 0
         self.load_seconds: float | None = None
+        self.max_batch = max_batch
+        self.batcher: Batcher | None = None
         self.ready = threading.Event()
-        self.lock = threading.Lock()
         self.decoding = threading.BoundedSemaphore(decode_slots or os.cpu_count() or 1)
 
     def load(self) -> None:
@@ -117,6 +121,7 @@ class Service:
             t0 = time.perf_counter()
             self.model = FittedRun(self.run, fpr=self.fpr, device=self.device, convert_channels=self.convert_channels,
                                    limits=self.limits, command="msacl serve")
+            self.batcher = Batcher(lambda x: self.model.score(x), self.max_batch)
             self.loads += 1
             self.load_seconds = round(time.perf_counter() - t0, 3)
             decision = self.model.decision
@@ -129,10 +134,16 @@ class Service:
         finally:
             self.ready.set()
 
+    def close(self) -> None:
+        """Stop the detector's thread (the application's shutdown)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
     def health(self) -> dict[str, Any]:
         """What ``/health`` shows once the run is loaded: counters, limits and what the decisions rest on."""
         return {"status": "ok", "loads": self.loads, "requests": self.requests, "load_seconds": self.load_seconds,
-                "max_upload_bytes": self.max_bytes, "timeout_s": self.timeout_s, **self.model.summary()}
+                "max_upload_bytes": self.max_bytes, "timeout_s": self.timeout_s, **self.batcher.stats(),
+                **self.model.summary()}
 
     def predict(self, data: bytes, name: str, heatmap: bool, deadline: Deadline | None = None) -> dict[str, Any]:
         """Score one uploaded file. Raises ``UploadError`` with the HTTP status and the reason."""
@@ -148,13 +159,12 @@ class Service:
         finally:
             self.decoding.release()
         deadline.check("decoding")
-        deadline.acquire(self.lock, "waiting for the detector")
         try:
-            s, m = self.model.score(inp.x.unsqueeze(0))
-            self.requests += 1
-        finally:
-            self.lock.release()
-        p = self.model.finish(name, float(s[0]), m[0], inp)
+            score, amap = self.batcher.submit(inp.x, deadline.left())
+        except TimeoutError:
+            raise deadline.error("waiting for the detector") from None
+        self.requests += 1
+        p = self.model.finish(name, score, amap, inp)
         out = {"file": name, "score": p.score, "decision": p.decision, "threshold": p.threshold,
                "fpr": self.fpr, "pixel_threshold": p.pixel_threshold, "lesion_fraction": p.lesion_fraction,
                "width": p.width, "height": p.height, "note": p.note}
