@@ -108,3 +108,11 @@ def test_the_flags_name_the_library_defaults(capsys):
     assert pixel_count("50M") == 50_000_000 and pixel_count("1234") == 1234 and pixel_count("0.5m") == 500_000
     with pytest.raises(Exception, match="pixel count"):
         pixel_count("lots")
+
+
+def test_pillows_own_bomb_limit_is_named_when_the_pixel_limit_is_raised_past_it(run, tmp_path):
+    (tmp_path / "vast.png").write_bytes(header_only_png(15_000, 14_000))  # 210 megapixels
+    model = FittedRun(run, limits=InputLimits(max_pixels=400_000_000), command="msacl predict")
+    with pytest.raises(ImageTooLarge, match=r"vast.png: over the 179 megapixels that Pillow decodes at most, "
+                                            r"whatever msacl predict --max-pixels says"):
+        model.load_image(tmp_path / "vast.png")

@@ -283,6 +283,10 @@ class FittedRun:
             DataError: unreadable, outside the size limits (:class:`ImageTooLarge`, :class:`ImageTooSmall`), or
                 of another colour than the training images without ``convert_channels``.
         """
+        import warnings
+
+        from PIL import Image
+
         from msacl.data.readers import decode, resize, to_channels, to_tensor
 
         label = name or str(path)
@@ -290,8 +294,13 @@ class FittedRun:
         if size is not None:
             self.check_size(label, *size)
         try:
-            d = decode(path)
+            with warnings.catch_warnings():  # under the limit the user chose; Pillow's own warning adds nothing
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                d = decode(path)
         except DataError as e:
+            if "exceeds limit" in str(e):  # over Pillow's bomb limit, twice its warning threshold
+                raise ImageTooLarge(f"{label}: over the {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels that "
+                                    f"Pillow decodes at most, whatever {self.flag('--max-pixels')} says") from None
             raise DataError(str(e).replace(str(path), label, 1)) from None
         if size is None:  # a header the probe could not read, but the decoder could
             self.check_size(label, *d.size)
