@@ -56,7 +56,8 @@ def row(out: Path) -> str:
     cells = [out.name, sets or "(defaults)", _mean(laug), _mean(ratio),
              _mean(list(auc("msacl", "encoder").values())), _mean(list(auc("msacl", "train").values())),
              _mean(list(auc("msacl", "encoder", "pixel_auroc").values())),
-             _mean(list(auc("msacl", "train", "pixel_auroc").values())), eff, _mean(minutes)]
+             _mean(list(auc("msacl", "train", "pixel_auroc").values())), eff,
+             f"{statistics.fmean(minutes):.1f}" if minutes else "-"]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -288,3 +288,23 @@ def test_committed_tables_are_rewritten_bit_for_bit_from_the_committed_results(t
     assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     assert (tmp_path / "tables.md").read_bytes() == (committed / "tables.md").read_bytes()
+
+
+def test_claims_get_a_verdict_from_paired_differences():
+    from msacl.bench.tables import claims_markdown
+
+    def recs(variant, values, bn="train"):
+        return [{"dataset": "kvasir_seg_patch128", "variant": variant, "detector": "padim", "bn_stats": bn,
+                 "seed": i, "metrics": {"image_auroc": v}} for i, v in enumerate(values)]
+
+    up = recs("imagenet", [0.60, 0.61, 0.62]) + recs("msacl", [0.70, 0.70, 0.73])
+    down = recs("imagenet", [0.60, 0.61, 0.62]) + recs("msacl", [0.50, 0.52, 0.51])
+    text = "\n".join(claims_markdown(up, ["kvasir_seg_patch128"], 3))
+    first = [x for x in text.split("\n\n") if "improves PaDiM" in x][0]
+    assert "Kvasir patches (for Hyper-Kvasir) (BN train): Δ +0.100 [" in first and "**reproduced**" in first
+    first = [x for x in "\n".join(claims_markdown(down, ["kvasir_seg_patch128"], 3)).split("\n\n")
+             if "improves PaDiM" in x][0]
+    assert "**contradicted**" in first
+    # with fewer seeds than planned the claim stays open, whatever the interval
+    assert "**open**" in [x for x in "\n".join(claims_markdown(up, ["kvasir_seg_patch128"], 5)).split("\n\n")
+                          if "improves PaDiM" in x][0]

@@ -148,6 +148,30 @@ def tables(ablation_detector: str = "padim", family_detector: str = "padim") -> 
     ]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the papers that the grid can test: ``variant`` beats ``reference`` under ``detector`` on every
+    data set of ``datasets`` (empty: every data set run)."""
+
+    text: str
+    variant: str
+    reference: str
+    detector: str
+    datasets: tuple[str, ...] = ()
+
+
+CLAIMS = (
+    Claim("MSACL pre-training improves PaDiM over ImageNet weights on every data set (MSACL Table 1)",
+          "msacl", "imagenet", "padim"),
+    Claim("MSACL pre-training improves IGD over ImageNet weights on every data set (MSACL Table 1)",
+          "msacl", "imagenet", "igd"),
+    Claim("MSACL beats CCD under PaDiM on every data set (MSACL Table 1)", "msacl", "ccd", "padim"),
+    Claim("MSACL beats CCD under IGD on every data set (MSACL Table 1)", "msacl", "ccd", "igd"),
+    Claim("MSACL beats SimCLR under PaDiM on Kvasir (MSACL Fig. 6 right)", "msacl", "simclr", "padim",
+          ("kvasir_seg_patch128",)),
+)
+
+
 @dataclass
 class Profile:
     """Settings of a benchmark run. ``cpu`` is reduced to fit two cores; ``paper`` is the papers' set-up."""

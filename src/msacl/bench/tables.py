@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from msacl.bench.grid import NO_PRETRAIN, PAPER_NAME, Profile, Row, Table
+from msacl.bench.grid import CLAIMS, NO_PRETRAIN, PAPER_NAME, Profile, Row, Table
 from msacl.runs import atomic_write_text
 
 METRIC_NAMES = {
@@ -94,6 +94,46 @@ def tables_header(profile: Profile, records: list[dict[str, Any]], planned: int)
             "results.jsonl by `msacl bench` (`--report-only` rewrites it from that file alone).")
 
 
+def claims_markdown(records: list[dict[str, Any]], datasets: list[str], seeds: int) -> list[str]:
+    """One paragraph per claim of ``CLAIMS``: the paired difference (variant - reference, per seed, 95 % t
+    interval) on each data set under each BatchNorm setting run, and a verdict. Reproduced: on every data set the
+    interval lies above 0 with all ``seeds`` seeds; contradicted: on some data set it lies below 0; otherwise
+    open (too few seeds or data sets, or an interval across 0)."""
+    by: dict[tuple, dict[int, float]] = {}
+    for r in records:
+        v = r["metrics"].get("image_auroc")
+        if v is not None:
+            by.setdefault((r["dataset"], r["variant"], r["detector"], r.get("bn_stats")), {})[r["seed"]] = v
+    lines = ["", "### The papers' claims at this budget", ""]
+    for c in CLAIMS:
+        sets = [d for d in (c.datasets or datasets) if d in datasets]
+        bns = sorted({k[3] or "" for k in by if k[1:3] == (c.variant, c.detector)}) or [""]
+        parts, verdicts = [], []
+        for bn in bns:
+            b = bn or None
+            for d in sets:
+                diff = paired_difference(by.get((d, c.variant, c.detector, b), {}),
+                                         by.get((d, c.reference, c.detector, b), {}))
+                where = f"{PAPER_NAME.get(d, d)}{f' (BN {bn})' if bn else ''}"
+                if diff is None:
+                    parts.append(f"{where}: not run yet")
+                    verdicts.append("open")
+                    continue
+                parts.append(f"{where}: {_fmt_diff(diff)[4:]} over {diff['n']} seed(s)")
+                if diff["lo"] is not None and diff["hi"] < 0:
+                    verdicts.append("contradicted")
+                elif diff["lo"] is not None and diff["lo"] > 0 and diff["n"] >= seeds:
+                    verdicts.append("reproduced")
+                else:
+                    verdicts.append("open")
+        verdict = ("contradicted" if "contradicted" in verdicts else
+                   "reproduced" if set(verdicts) == {"reproduced"} else "open")
+        lines.append(f"**{c.text}.** {c.variant} - {c.reference}, image AUROC: " + "; ".join(parts)
+                     + f". Verdict at this budget, on these stand-in sets: **{verdict}**.")
+        lines.append("")
+    return lines
+
+
 def _fmt(s: dict[str, Any], seeds: int) -> str:
     if s["mean"] is None:
         return "-"
@@ -171,9 +211,14 @@ def plot_figures(agg: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
-def write_tables(agg: list[dict[str, Any]], profile: Profile, out: Path, header: str = "") -> dict[str, Path]:
+def write_tables(agg: list[dict[str, Any]], profile: Profile, out: Path, header: str = "",
+                 records: list[dict[str, Any]] | None = None, datasets: list[str] | None = None) -> dict[str, Path]:
+    """tables.md (with the claims' paragraphs when ``records`` are given), tables.json and the bar charts."""
     md = out / "tables.md"
-    atomic_write_text(md, markdown(agg, profile, header))
+    text = markdown(agg, profile, header)
+    if records is not None:
+        text += "\n".join(claims_markdown(records, datasets or [], profile.seeds))
+    atomic_write_text(md, text)
     js = out / "tables.json"
     atomic_write_text(js, json.dumps({"profile": profile.name, "tables": agg}, indent=2) + "\n")
     figs = plot_figures(agg, out)

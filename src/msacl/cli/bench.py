@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         if not records:
             raise MsaclError(f"{out / 'results.jsonl'}: no results of the selected jobs yet")
         header = tables_header(profile, records, len(jobs))
-        files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
+        files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header, records,
+                             datasets)
         print(files["markdown"].read_text())
         return 0
     RunDir.create(out, config={"profile": to_dict(profile), "datasets": datasets, "seeds": seeds,
@@ -160,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
                        executor=args.executor, cluster=_cluster_settings(args.cluster), log=info)
     info(f"[bench] this invocation ran {time.perf_counter() - t0:.0f} s")
     header = tables_header(profile, records, len(jobs))
-    files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header)
+    files = write_tables(aggregate(all_tables, records, datasets, profile), profile, out, header, records,
+                             datasets)
     print(files["markdown"].read_text())
     print(f"tables: {files['markdown']}  {files['json']}")
     return 0
