@@ -58,12 +58,12 @@ def test_header_size_is_checked_before_decoding(run, tmp_path, monkeypatch):
 
 def test_smallest_side_follows_the_run_and_the_limits(run, tmp_path):
     small = tmp_path / "small.png"
-    Image.new("RGB", (20, 40), (200, 90, 80)).save(small)
-    with pytest.raises(ImageTooSmall, match=r"small.png: 20 x 40 px is smaller than the 32 px shorter side this "
+    Image.new("RGB", (12, 40), (200, 90, 80)).save(small)
+    with pytest.raises(ImageTooSmall, match=r"small.png: 12 x 40 px is smaller than the 16 px shorter side this "
                                             r"detector can score \(its input is 64 x 64 px\); --min-side N"):
         FittedRun(run).load_image(small)
-    d = FittedRun(run, limits=InputLimits(min_side=20)).load_image(small)
-    assert (d.width, d.height) == (20, 40) and d.x.shape == (3, 64, 64) and d.image.shape == (40, 20, 3)
+    d = FittedRun(run, limits=InputLimits(min_side=12)).load_image(small)
+    assert (d.width, d.height) == (12, 40) and d.x.shape == (3, 64, 64) and d.image.shape == (40, 12, 3)
     assert FittedRun(run).summary()["min_side"] == min(MIN_SIDE, 64)
 
 
@@ -80,7 +80,7 @@ def test_predict_skips_images_outside_the_limits_and_bounds_the_heat_map(run, sy
     assert main(["predict", "--run", str(run), str(src), "--out", str(tmp_path / "p"), "--on-bad-file", "skip"]) == 0
     skipped = dict(line.split("\t") for line in (tmp_path / "p" / "skipped_files.txt").read_text().splitlines())
     assert "limit of 50 megapixels" in skipped[str(src / "huge.png")]
-    assert "smaller than the 32 px shorter side" in skipped[str(src / "tiny.png")]
+    assert "smaller than the 16 px shorter side" in skipped[str(src / "tiny.png")]
     (row,) = _rows(tmp_path / "p" / "scores.csv")
     assert (row["width"], row["height"]) == ("2400", "1200")  # the input's size, not the heat map's
     with Image.open(tmp_path / "p" / row["heatmap"]) as im:

@@ -269,13 +269,13 @@ def test_pixel_limit_is_answered_413_from_the_header_before_decoding(run, monkey
 
 
 def test_images_below_the_smallest_scorable_size_get_422(run):
-    tiny = _png_of(Image.new("RGB", (31, 200), (200, 90, 80)))
+    tiny = _png_of(Image.new("RGB", (15, 200), (200, 90, 80)))
     with TestClient(create_app(run, load_in_background=False)) as client:
         r = client.post("/predict", files={"file": ("thin.png", tiny)})
         assert r.status_code == 422
-        assert "thin.png: 31 x 200 px is smaller than the 32 px shorter side" in r.json()["detail"]
+        assert "thin.png: 15 x 200 px is smaller than the 16 px shorter side" in r.json()["detail"]
         assert "msacl serve --min-side" in r.json()["detail"]
-        ok = _png_of(Image.new("RGB", (32, 200), (200, 90, 80)))
+        ok = _png_of(Image.new("RGB", (16, 200), (200, 90, 80)))
         assert client.post("/predict", files={"file": ("ok.png", ok)}).status_code == 200
     with TestClient(create_app(run, limits=InputLimits(min_side=1), load_in_background=False)) as client:
         r = client.post("/predict", files={"file": ("one.png", _png_of(Image.new("RGB", (1, 1))))})

@@ -10,9 +10,10 @@ flagged share come from its full N x N map, whatever size the heat map is drawn 
 The work per image is bounded before any pixel is decoded: the image's size is read from its header
 (PNG, JPEG, ... or the DICOM header) and an image of more than ``max_pixels`` pixels is refused
 (:class:`ImageTooLarge`; 50 megapixels by default, far above any medical image a user sends), as is one
-whose shorter side is under ``min_side`` (:class:`ImageTooSmall`; by default 32 px, one cell of the
-stride-32 feature map of the backbones, or the run's own image size when that is smaller): enlarged
-further, its score would describe the interpolation, not the image.
+whose shorter side is under ``min_side`` (:class:`ImageTooSmall`; by default 16 px, one cell of the
+coarsest feature map PaDiM and PatchCore read, ResNet layer 3 at stride 16, or the run's own image size
+when that is smaller; 28 px MedMNIST images pass): enlarged further, its score would describe the
+interpolation, not the image.
 
 An input whose colour differs from the training images' (a grey DICOM against a model fitted on colour
 photographs, or the reverse) is refused with a message naming the file, since its score is not
@@ -36,7 +37,7 @@ from msacl.records import ThresholdRecord
 
 COLOUR = {1: "grey", 3: "colour"}
 MAX_PIXELS = 50_000_000
-MIN_SIDE = 32
+MIN_SIDE = 16
 HEATMAP_SIDE = 1024
 NO_CALIBRATION = ("{run} has no calibration.json (fitted with --holdout 0 and no val/, or by an older msacl): "
                   "scores only, no normal/abnormal decision; refit with --holdout 0.1 to get decisions")

@@ -62,7 +62,7 @@ def add_input_limits(p: argparse.ArgumentParser) -> None:
                    help="largest image accepted, width x height, read from the file's header before decoding "
                         "(default 50M: a 7,000 x 7,000 image; Pillow decodes at most 179M whatever this says)")
     p.add_argument("--min-side", type=positive_int, default=None, metavar="PX",
-                   help="smallest shorter side accepted (default 32, or the run's image size when smaller): a "
+                   help="smallest shorter side accepted (default 16, or the run's image size when smaller): a "
                         "smaller image is enlarged so much that its score describes the interpolation")
     p.add_argument("--heatmap-side", type=positive_int, default=None, metavar="PX",
                    help="longest side of the heat maps drawn (default 1024; smaller images keep their own size); "
