@@ -169,8 +169,12 @@ def test_pretrain_writes_a_complete_run(tmp_path):
     enc = pretrain(cfg, train, tmp_path / "run", test=test, fabric=make_fabric("cpu"), progress=False)
     run = tmp_path / "run"
     assert enc == run / "encoder.pt"
-    for name in ("config.yaml", "command.txt", "meta.json", "checkpoint.pt", "log.jsonl", "tsne.png", "centres.json"):
+    for name in ("config.yaml", "command.txt", "meta.json", "checkpoint.pt", "log.jsonl", "embedding.pt",
+                 "centres.json"):
         assert (run / name).is_file(), name
+    from msacl.report.tsne import plot_run_tsne
+
+    assert plot_run_tsne(run) == run / "tsne.png" and (run / "tsne.png").is_file()
     sep = json.loads((run / "centres.json").read_text())
     assert 0 < sep["min_distance"] <= sep["max_distance"] and sep["spread_rms"] > 0
     state = torch.load(enc, weights_only=True)

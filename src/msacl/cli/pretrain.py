@@ -226,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
             info(f"interrupted: {where}; continue with `msacl pretrain --resume {out}`")
         raise
     if fabric.is_global_zero:
+        from msacl.report.tsne import plot_run_tsne
+
         report_skipped(out, train, test)
         info(f"encoder weights: {enc}")
+        if cfg.tsne and (pic := plot_run_tsne(out)) is not None:
+            info(f"t-SNE picture: {pic}")
     return 0

@@ -1,6 +1,7 @@
 """What the t-SNE picture of a pre-trained encoder shows (MSACL Fig. 1): its features of test images.
 
-The engine computes them here; ``msacl.report.plot_tsne`` draws the picture.
+The engine computes them here and writes them to the run's embedding.pt; ``msacl.report.plot_run_tsne`` draws
+the picture.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import torch
 from msacl.data.types import ImageSet
 from msacl.pretrain.methods import PretrainNet
 from msacl.runs import make_generator
-
-TSNE_TITLE = "t-SNE of pre-trained encoder features (test split)"
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ from msacl.pretrain.checkpoint import (  # noqa: F401 - checkpoint helpers, impo
 )
 from msacl.pretrain.config import OptimOptions, PretrainConfig
 from msacl.pretrain.methods import Batch, Method, PretrainNet, build_method
-from msacl.runs import RunDir, derive_seed, make_generator, seeded
+from msacl.runs import RunDir, atomic_torch_save, derive_seed, make_generator, seeded
 from msacl.runs.hardware import tune_backends
 
 # Sub-streams of the run seed, so that no two uses of randomness share a generator.
@@ -332,21 +332,20 @@ class _Run:
         self.fabric.barrier()
 
     def finish(self, test: ImageSet | None) -> None:
-        """encoder.pt if a resumed run had already finished, and the t-SNE picture of ``test``."""
+        """encoder.pt if a resumed run had already finished, and embedding.pt: the encoder's features of (a seeded
+        subsample of) ``test`` with their labels, which ``msacl.report.plot_run_tsne`` draws as tsne.png."""
         cfg, fabric = self.cfg, self.fabric
         if not self.enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
             save_encoder(self.raw, self.enc_path)
         if test is not None and cfg.tsne and fabric.is_global_zero:
-            from msacl.pretrain.embedding import TSNE_TITLE, tsne_inputs
-            from msacl.report import plot_tsne
+            from msacl.pretrain.embedding import tsne_inputs
 
-            # The features are computed here; the report draws them, its title naming the seed the user gave.
             tsne_seed = derive_seed(cfg.seed, _TSNE)
             picked = tsne_inputs(self.raw, test, seed=tsne_seed, max_images=cfg.tsne_max_images,
                                  batch_size=cfg.batch_size, device=fabric.device)
             if picked is not None:
-                plot_tsne(picked[0].numpy(), picked[1].numpy(), self.out_dir / "tsne.png", seed=tsne_seed % 2**32,
-                          title=TSNE_TITLE, shown_seed=cfg.seed)
+                atomic_torch_save({"features": picked[0], "labels": picked[1], "tsne_seed": tsne_seed % 2**32,
+                                   "seed": cfg.seed}, self.out_dir / "embedding.pt")
         fabric.barrier()
 
 
@@ -366,7 +365,8 @@ def pretrain(
     checkpoint.pt (every ``cfg.checkpoint_every`` epochs and at the end), encoder.pt (a plain
     torchvision / timm state dict of the backbone) with encoder.json (backbone, normalisation, weights' source),
     for methods with class centres centres.json (``centre_separation``)
-    and, with a ``test`` split, tsne.png.
+    and, with a ``test`` split, embedding.pt (the encoder's features of the test images, MSACL Fig. 1), which
+    ``msacl.report.plot_run_tsne(out_dir)`` draws as tsne.png (``msacl pretrain`` does).
 
     Args:
         cfg: the run's settings.
