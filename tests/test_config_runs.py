@@ -97,3 +97,15 @@ def test_generator_same_seed_same_numbers():
     b = torch.rand(5, generator=make_generator(3))
     c = torch.rand(5, generator=make_generator(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_key_value_items_are_parsed_once_for_every_flag():
+    from msacl.config import ConfigError, parse_key_values
+
+    assert parse_key_values(["a=3", "b=[8, 16]", "c=true", "d=", "e=x=y"], "--set") == {
+        "a": 3, "b": [8, 16], "c": True, "d": "", "e": "x=y"}
+    for bad in ("novalue", "=3"):
+        with pytest.raises(ConfigError, match="--cluster .* is not of the form KEY=VALUE"):
+            parse_key_values([bad], "--cluster")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_key_values(["a=[1,"], "--option")

@@ -138,6 +138,23 @@ def coerce_fields(obj: Any, *, where: str = "") -> None:
         setattr(obj, f.name, _coerce(getattr(obj, f.name), hints[f.name], name))
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line items as a dict, each value parsed as YAML (``3`` -> 3, ``[8,16]`` -> a list,
+    ``true`` -> True, an empty value -> ``""``); a malformed item is a ``ConfigError`` naming ``flag``."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r} is not of the form KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({e})") from None
+    return out
+
+
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     data = to_dict(cfg)

@@ -38,19 +38,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
 
 
 def _options(items: list[str]) -> dict:
-    import yaml
+    from msacl.config import parse_key_values
 
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise MsaclError(f"--option {item!r} is not of the form KEY=VALUE")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise MsaclError(f"--option {item!r}: value is not valid YAML ({e})") from None
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return out
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in parse_key_values(items, "--option").items()}
 
 
 def run(args: argparse.Namespace) -> int:

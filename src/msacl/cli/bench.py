@@ -178,12 +178,6 @@ def _backbone_of(results: Path) -> str | None:
 
 def _cluster_settings(items: list[str]) -> dict:
     """``--cluster KEY=VALUE`` items as submitit settings (values parsed as YAML)."""
-    import yaml
+    from msacl.config import parse_key_values
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MsaclError(f"--cluster {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(items, "--cluster")

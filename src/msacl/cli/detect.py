@@ -113,9 +113,7 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
     Returns the settings (as a dict) and the set of keys the user gave. An unknown key or a value of the wrong
     type is a ``ConfigError`` naming the key (and the valid keys, or the expected type).
     """
-    import yaml
-
-    from msacl.config import ConfigError, read_yaml_mapping
+    from msacl.config import parse_key_values, read_yaml_mapping
     from msacl.detectors.options import make_options
 
     given: dict[str, Any] = {}
@@ -123,11 +121,7 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
         data = read_yaml_mapping(config_file)
         data = data.get("detector_kwargs", data)  # also accept a run's config.yaml
         given.update(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        given[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    given.update(parse_key_values(overrides, "--set"))
     return make_options(cls.Options, where=cls.name, **given).to_dict(), set(given)
 
 
