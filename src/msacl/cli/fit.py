@@ -1,4 +1,4 @@
-"""``msacl fit``: fit a detector and write its run (``msacl test`` is in ``cli.evaluate``, ``msacl predict`` in
+"""``msacl fit``: fit a detector and write its run (``msacl test`` is in ``cli.test``, ``msacl predict`` in
 ``cli.predict``).
 
 ``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its settings: the fields of its options
