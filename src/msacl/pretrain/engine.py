@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -151,6 +151,18 @@ def _steps_per_epoch(cfg: PretrainConfig, train: ImageSet, world: int) -> int:
     return n // gb  # the last incomplete batch is dropped: contrastive losses want full batches
 
 
+class _Pending(NamedTuple):
+    """A step whose loss terms are still on the device, until ``_Run._flush_log`` reads them."""
+
+    epoch: int
+    step: int
+    lr: float
+    phase: str
+    images: int  # through the encoder on this rank
+    time_s: float  # the host clock at the step's end since the start (on an asynchronous device: when queued)
+    terms: dict[str, torch.Tensor]
+
+
 class _Run:
     """One pre-training run, in named steps sharing its state: set-up or resume (``__init__``), the epochs
     (each opening with the centre check of the burn-in, :mod:`msacl.pretrain.centres`), one step, the
@@ -227,7 +239,7 @@ class _Run:
         self.bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"pretrain {cfg.method}",
                         unit="step", file=sys.stderr, dynamic_ncols=True, disable=not (progress and zero))
         self.log = open(self.log_path, "a") if zero else None  # noqa: SIM115 - closed in finally
-        self.pending: list[tuple] = []  # steps whose loss terms are still on the device (_flush_log)
+        self.pending: list[_Pending] = []
         self.t0 = self.t_flush = time.perf_counter()
         try:
             self.model.train()
@@ -277,9 +289,8 @@ class _Run:
         fabric.backward(terms["loss"])
         self.optimizer.step()
         self.global_step += 1
-        # The host clock at the step's end (on an asynchronous device, when it was queued).
-        self.pending.append((epoch, step, lr, self.state.phase, batch.encoder_images, time.perf_counter() - self.t0,
-                             {k: v.detach() for k, v in terms.items()}))
+        self.pending.append(_Pending(epoch, step, lr, self.state.phase, batch.encoder_images,
+                                     time.perf_counter() - self.t0, {k: v.detach() for k, v in terms.items()}))
         if len(self.pending) >= cfg.log_every:
             self._flush_log()
 
@@ -287,17 +298,17 @@ class _Run:
         """Read the pending steps' loss terms (one synchronisation), check them, log them, move the bar."""
         if not self.pending:
             return
-        keys = list(self.pending[0][6])
-        values = torch.stack([torch.stack([t[k].float() for k in keys]) for *_, t in self.pending]).tolist()
+        keys = list(self.pending[0].terms)
+        values = torch.stack([torch.stack([p.terms[k].float() for k in keys]) for p in self.pending]).tolist()
         now = time.perf_counter()
-        ips = (sum(p[4] for p in self.pending) * self.fabric.world_size / max(now - self.t_flush, 1e-9))
+        ips = sum(p.images for p in self.pending) * self.fabric.world_size / max(now - self.t_flush, 1e-9)
         first_step = self.global_step - len(self.pending)
-        for i, ((epoch, step, lr, phase, _, t, _), row) in enumerate(zip(self.pending, values, strict=True)):
+        for i, (p, row) in enumerate(zip(self.pending, values, strict=True)):
             vals = dict(zip(keys, row, strict=True))
-            self._check_finite(vals, epoch, step, first_step + i)
+            self._check_finite(vals, p.epoch, p.step, first_step + i)
             if self.log is not None:
-                rec = {"epoch": epoch + 1, "step": step + 1, "global_step": first_step + i + 1, "phase": phase,
-                       "lr": lr, **vals, "images_per_s": ips, "time_s": t}
+                rec = {"epoch": p.epoch + 1, "step": p.step + 1, "global_step": first_step + i + 1,
+                       "phase": p.phase, "lr": p.lr, **vals, "images_per_s": ips, "time_s": p.time_s}
                 self.log.write(json.dumps(rec) + "\n")
         if self.log is not None:
             self.log.flush()
