@@ -412,3 +412,25 @@ def test_serve_cli_refuses_an_empty_key_and_a_bad_timeout(run, capsys, monkeypat
     monkeypatch.delenv("MSACL_API_KEY")
     assert main(["serve", "--run", str(run), "--timeout", "0"]) == 1
     assert "--timeout must be a positive number" in capsys.readouterr().err
+
+
+def test_serve_cli_warns_who_can_reach_it_and_passes_the_key(run, capsys, monkeypatch):
+    import uvicorn
+
+    started: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append({"app": app, **kw}))
+    monkeypatch.delenv("MSACL_API_KEY", raising=False)
+    assert main(["serve", "--run", str(run), "--host", "0.0.0.0", "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0:8123 without an API key: any machine that can reach this one" in err
+    assert started[-1]["host"] == "0.0.0.0" and started[-1]["port"] == 8123
+    monkeypatch.setenv("MSACL_API_KEY", KEY)
+    assert main(["serve", "--run", str(run), "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert "without an API key" not in err and "API key required" in err and "401" in err
+    with TestClient(started[-1]["app"]) as client:  # the key from the environment guards the app
+        assert client.get("/openapi.json").status_code == 401
+        assert client.get("/openapi.json", headers=AUTH).status_code == 200
+    assert main(["serve", "--run", str(run), "--api-key", "short"]) == 0
+    assert "the API key has 5 characters" in capsys.readouterr().err
+    assert main(["serve", "--run", str(run)]) == 0 and "warning" not in capsys.readouterr().err  # loopback

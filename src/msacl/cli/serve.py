@@ -16,7 +16,7 @@ examples:
   msacl serve --run runs/padim --port 9000 --fpr 0.01
   curl -F file=@scan.dcm http://127.0.0.1:8000/predict   # JSON: score, decision, threshold, heatmap_png
   curl http://127.0.0.1:8000/health                      # 503 while loading, then 200
-  MSACL_API_KEY=$(openssl rand -hex 16) msacl serve --run runs/padim --host 0.0.0.0
+  export MSACL_API_KEY=$(openssl rand -hex 16); msacl serve --run runs/padim --host 0.0.0.0
   curl -H "Authorization: Bearer $MSACL_API_KEY" -F file=@scan.dcm http://HOST:8000/predict
 
 Listens on 127.0.0.1 (this machine only) unless --host says otherwise; beyond it, set an API key.

@@ -125,7 +125,9 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         else:
             svc.load()
         yield
-        svc.close()
+        import anyio
+
+        await anyio.to_thread.run_sync(svc.close)
 
     app = FastAPI(title="msacl", description="anomaly scores and decisions for medical images", lifespan=lifespan)
     app.state.service = svc

@@ -134,8 +134,9 @@ class Service:
         finally:
             self.ready.set()
 
-    def close(self) -> None:
-        """Stop the detector's thread (the application's shutdown)."""
+    def close(self, wait_s: float = 120.0) -> None:
+        """Stop the detector's thread (the application's shutdown), after a load in progress has ended."""
+        self.ready.wait(wait_s)
         if self.batcher is not None:
             self.batcher.close()
 
