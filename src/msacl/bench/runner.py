@@ -384,18 +384,16 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
     log(f"[bench] pre-training on {dev.type} in {precision}")
     log(f"[bench] {len(planned)} jobs, {len(planned) - len(todo)} already done, {len(todo)} to run -> {out}"
         + (f", {jobs} at a time" if jobs > 1 else "") + (f", on {executor}" if executor != "local" else ""))
-    finished: list[float] = []  # seconds of the jobs finished in this invocation, for the ETA
-    if not todo:
-        pass
-    elif executor != "local":
+    if todo and executor != "local":
         from msacl.bench.cluster import run_on_cluster
 
         run_on_cluster(ctx, groups_of(todo), executor, cluster or {}, log)
-    elif jobs > 1:
+    elif todo and jobs > 1:
         from msacl.bench.parallel import run_parallel
 
         run_parallel(ctx, groups_of(todo), jobs, dev, log)
-    else:
+    elif todo:
+        finished: list[float] = []  # seconds of the jobs finished in this invocation, for the ETA
         clock = [time.perf_counter()]
 
         def announce(job: Job) -> None:  # before each job: the previous one's time, this one's place and the ETA
