@@ -63,7 +63,8 @@ def test_cli_pretrain_from_imagenet_then_fit_takes_backbone_and_normalisation_fr
     meta = json.loads((pre / "encoder.json").read_text())
     assert meta["backbone"] == LITE0 and meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3
     assert yaml.safe_load((pre / "config.yaml").read_text())["model"] == {
-        "backbone": LITE0, "init": "imagenet", "proj_hidden": 512, "proj_dim": 128, "pos_hidden": 128}
+        "backbone": LITE0, "init": "imagenet", "proj_hidden": 512, "proj_dim": 128, "pos_hidden": 128,
+        "pool_stride": None, "freeze_bn": False}
 
     fit = tmp_path / "fit"
     assert main(["fit", "--detector", "padim", "--data", str(synthetic_data), "--encoder", str(pre),
