@@ -6,7 +6,7 @@ RMS spread of the samples, at the last centre check), PaDiM image and pixel AURO
 BatchNorm settings, the weight effect (MSACL minus ImageNet, both with statistics re-estimated on the training
 images, paired by seed) and the pre-training minutes.
 
-    python benchmarks/lever_table.py runs/screen/default runs/screen/wpos0 ...
+    python benchmarks/lever_table.py runs/screen/default runs/screen/wpos0 ... [--seed 0]
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ def _mean(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.3f}" if xs else "-"
 
 
-def row(out: Path) -> str:
+def row(out: Path, seed: int | None = None) -> str:
     from msacl.bench.runner import read_results
     from msacl.bench.tables import paired_difference
 
-    recs = list(read_results(out / "results.jsonl").values())
+    recs = [r for r in read_results(out / "results.jsonl").values() if seed is None or r["seed"] == seed]
 
     def auc(variant: str, bn: str, metric: str = "image_auroc") -> dict[int, float]:
         return {r["seed"]: r["metrics"][metric] for r in recs
                 if r["variant"] == variant and r.get("bn_stats") == bn and r["metrics"].get(metric) is not None}
 
-    runs = sorted((out / "pretrain").glob("*/*/msacl/seed*"))
+    runs = sorted((out / "pretrain").glob(f"*/*/msacl/seed{'*' if seed is None else seed}"))
     laug, ratio, minutes = [], [], []
     for run in runs:
         if (run / "log.jsonl").is_file():
@@ -64,12 +64,13 @@ def row(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outs", nargs="+", type=Path, help="bench_pretext.py --out folders")
+    p.add_argument("--seed", type=int, default=None, help="only this seed (default: every seed, averaged)")
     a = p.parse_args(argv)
     print("| run | setting | l_aug | centre ratio | PaDiM image AUROC, BN encoder | BN train | pixel AUROC, BN "
           "encoder | BN train | weights: MSACL - ImageNet (BN train) | pre-training min |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for out in a.outs:
-        print(row(out))
+        print(row(out, a.seed))
     return 0
 
 
