@@ -119,7 +119,7 @@ def claims_markdown(records: list[dict[str, Any]], datasets: list[str], seeds: i
                     parts.append(f"{where}: not run yet")
                     verdicts.append("open")
                     continue
-                parts.append(f"{where}: {_fmt_diff(diff)[4:]} over {diff['n']} seed(s)")
+                parts.append(f"{where}: {_fmt_diff(diff)} over {diff['n']} seed(s)")
                 if diff["lo"] is not None and diff["hi"] < 0:
                     verdicts.append("contradicted")
                 elif diff["lo"] is not None and diff["lo"] > 0 and diff["n"] >= seeds:
@@ -142,11 +142,12 @@ def _fmt(s: dict[str, Any], seeds: int) -> str:
 
 
 def _fmt_diff(d: dict[str, Any] | None) -> str:
+    """A paired difference as ``Δ +0.012 [-0.003, +0.027]`` (``(1 seed)`` without an interval); "" for None."""
     if d is None:
         return ""
     if d["lo"] is None:
-        return f"<br>Δ {d['mean']:+.3f} (1 seed)"
-    return f"<br>Δ {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        return f"Δ {d['mean']:+.3f} (1 seed)"
+    return f"Δ {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
 def _fmt_time(s: dict[str, Any]) -> str:
@@ -177,7 +178,8 @@ def markdown(agg: list[dict[str, Any]], profile: Profile, header: str = "") -> s
                     if row["cells"][d]["seconds"]["mean"] is not None]
             wall = _fmt_time({"mean": sum(secs) if secs else None})
             cells = [_fmt(row["cells"][d][m], profile.seeds)
-                     + _fmt_diff(row["cells"][d].get("vs_imagenet", {}).get(m)) for d, m in cols]
+                     + ("<br>" + _fmt_diff(diff) if (diff := row["cells"][d].get("vs_imagenet", {}).get(m)) else "")
+                     for d, m in cols]
             lines.append("| " + " | ".join([row["label"], row["bn_stats"] or "trained", *cells, wall]) + " |")
         notes = []
         for i, q in enumerate(t["quoted"], 1):
