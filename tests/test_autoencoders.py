@@ -18,8 +18,8 @@ from msacl.detectors.autoencoder import (
     squared_error_score,
 )
 from msacl.detectors.base import batches
+from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.patches import extract_patches, patch_grid, sample_patches, spread_patch_scores
-from msacl.detectors.training import run_epochs
 from msacl.models.decoders import Critic, Decoder, LatentAutoencoder
 from msacl.runs import make_generator
 
@@ -104,7 +104,7 @@ def test_sampled_patches_are_grid_patches_and_follow_the_generator():
     assert torch.equal(a, sample_patches(x, 5, make_generator(0)))
 
 
-def test_run_epochs_visits_every_image_and_decays_the_learning_rate():
+def test_fit_loop_visits_every_image_and_decays_the_learning_rate():
     data = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
     seen: list[float] = []
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -115,12 +115,14 @@ def test_run_epochs_visits_every_image_and_decays_the_learning_rate():
         lrs.append(opt.param_groups[0]["lr"])
         return {"n": float(x.shape[0])}
 
-    hist = run_epochs(data, step, epochs=2, batch_size=4, generator=make_generator(0), optimizers=[opt],
-                      lr_power=1.0)
+    holder = torch.nn.Linear(1, 1)
+    holder.config = {}
+    loop = FitLoop(holder, make_generator(0), phases=[("p", 2)], steps_per_epoch=3)
+    hist = loop.run("p", data, step, epochs=2, batch_size=4, optimizers={"sgd": opt}, lr_power=1.0)
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
     assert seen[:10] != seen[10:]  # reshuffled each epoch
     assert lrs == pytest.approx([1 - t / 6 for t in range(6)])
-    assert hist == [{"n": 10 / 3}, {"n": 10 / 3}]
+    assert hist == [{"n": 10 / 3}, {"n": 10 / 3}] and loop.step == 6
 
 
 # ---------------------------------------------------------------- the detectors

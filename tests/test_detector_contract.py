@@ -84,3 +84,43 @@ def test_finds_the_synthetic_lesions(name, synthetic_data):
     scores, _ = det.predict(test.images)
     auroc = roc_auc_score(test.labels.numpy(), scores.numpy())
     assert auroc > FINDS_LESIONS[name], auroc  # chance is 0.5 (sd ~0.08 for 24 + 24 images)
+
+
+TRAINED = sorted(name for name, cls in REGISTRY.items() if hasattr(cls, "checkpointing"))
+
+
+def test_every_detector_that_trains_can_resume():
+    # the feature detectors fit in one pass and have nothing to resume; every other one trains through FitLoop
+    assert set(REGISTRY) - set(TRAINED) == {"padim", "patchcore"}
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_an_interrupted_fit_resumes_bit_for_bit(name, images, tmp_path, monkeypatch):
+    from msacl.detectors import fitloop
+
+    train, test = images
+    # two epochs (of each phase), interrupted right after the first checkpoint, at the end of epoch 1
+    two = {k: 2 for k in ("epochs", "gan_epochs") if k in options_for(name).to_dict()}
+    full = fitted(name, train, **two)
+    save = fitloop.FitLoop.save
+
+    def save_then_stop(self, *args):  # noqa: ANN001, ANN202
+        save(self, *args)
+        raise KeyboardInterrupt
+
+    part = build_detector(name, **tiny(name, init_seed=0, **two))
+    part.checkpointing(tmp_path / "ck.pt")
+    monkeypatch.setattr(fitloop.FitLoop, "save", save_then_stop)
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore")
+        part.fit(batches(train, 4), generator=make_generator(0))
+    monkeypatch.setattr(fitloop.FitLoop, "save", save)
+    rest = build_detector(name, **tiny(name, init_seed=0, **two))
+    rest.checkpointing(tmp_path / "ck.pt", resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rest.fit(batches(train, 4), generator=make_generator(0))
+    s1, m1 = full.predict(test)
+    s2, m2 = rest.predict(test)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
+    assert rest.history == full.history

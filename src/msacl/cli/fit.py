@@ -86,8 +86,8 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     p.add_argument("--force", action="store_true", help="overwrite a run directory that has a detector")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted fit from RUN/fit_checkpoint.pt (the detectors that train "
-                        "through msacl.detectors.fitloop: panda, ocgan, cavga)")
+                   help="continue an interrupted fit from RUN/fit_checkpoint.pt, written at the end of every "
+                        "epoch by every detector that trains (all but padim and patchcore, which fit in one pass)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--config", metavar="FILE.yaml",
                    help="YAML mapping of detector settings (a run's config.yaml works too)")
@@ -246,7 +246,7 @@ def _fit(args: argparse.Namespace) -> int:
     config["detector_kwargs"] = det.config
 
     run = RunDir.create(out, config=config, seed=args.seed, command="fit")
-    if hasattr(det, "checkpointing"):  # detectors that train through fitloop save every epoch and can resume
+    if hasattr(det, "checkpointing"):  # detectors that train (through fitloop) save every epoch and can resume
         det.checkpointing(run.path / "fit_checkpoint.pt", resume=args.resume)
     report_skipped(run.path, train, val)
     info(f"fitting {args.detector} on {len(train)} images of {image_size} px ({device})")

@@ -23,9 +23,10 @@ import torch
 
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
+from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.options import DAEOptions, MSSSIMOptions
-from msacl.detectors.training import randn, run_epochs
+from msacl.detectors.training import randn
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import LatentAutoencoder
 
@@ -77,7 +78,7 @@ class _AutoencoderDetector(TwoScaleDetector):
     def loss(self, net: LatentAutoencoder, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
         c = self.options
         opts = {name: torch.optim.Adam(net.parameters(), lr=c.lr) for name, net in self.nets()}
 
@@ -91,8 +92,8 @@ class _AutoencoderDetector(TwoScaleDetector):
                 out["loss" if name == "global" else "local_loss"] = loss.item()
             return out
 
-        return run_epochs(data, step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
-                          device=self.device(), progress=progress, desc=self.name)
+        return loop.run(self.name, data, step, epochs=c.epochs, batch_size=c.batch_size, optimizers=opts,
+                        device=self.device())
 
 
 _SHARED_ARGS = """

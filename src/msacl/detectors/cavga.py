@@ -40,7 +40,7 @@ from torch import nn
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images
-from msacl.detectors.fitloop import CheckpointedFit, FitLoop
+from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
 from msacl.detectors.ocgan import bce
 from msacl.detectors.options import CAVGAOptions
 from msacl.detectors.training import collect_images, randn, reinit
@@ -161,8 +161,8 @@ class CAVGA(CheckpointedFit, Detector):
         g = as_generator(generator)
         reinit([net.mu, net.logvar, net.decoder, net.critic], g)
         n = data.shape[0]
-        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
-        loop = FitLoop(self, g, phases=[("cavga", c.epochs)], steps_per_epoch=steps, progress=progress)
+        loop = FitLoop(self, g, phases=[("cavga", c.epochs)], steps_per_epoch=steps_per_epoch(n, c.batch_size),
+                       progress=progress)
         vae = [p for name, p in net.named_parameters() if not name.startswith("critic.")]
         opts = {"vae": torch.optim.Adam(vae, lr=c.lr, betas=(0.5, 0.999)),
                 "critic": torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=(0.5, 0.999))}

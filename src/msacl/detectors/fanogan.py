@@ -33,8 +33,9 @@ import torch
 
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
+from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.options import FAnoGANOptions
-from msacl.detectors.training import rand, run_epochs
+from msacl.detectors.training import rand
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
 
@@ -141,19 +142,20 @@ class FAnoGAN(TwoScaleDetector):
         return FAnoGANNet(c.backbone, image_size=hw, latent_dim=c.latent_dim, channels=c.channels,
                           width=c.width)
 
-    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
+    def phases(self) -> list[tuple[str, int]]:
+        return [("wgan-gp", int(self.options.gan_epochs)), ("encoder", int(self.options.epochs))]
+
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
         c = self.options
         betas = (0.0, 0.9)
         gan = {name: (torch.optim.Adam(net.decoder.parameters(), lr=c.lr, betas=betas),
                       torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=betas)) for name, net in self.nets()}
         enc = {name: torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=c.lr, betas=betas)
                for name, net in self.nets()}
-        counter = [0]
 
         def gan_step(x: torch.Tensor, g: torch.Generator) -> dict[str, float]:
             out: dict[str, float] = {}
-            train_g = counter[0] % c.n_critic == c.n_critic - 1
-            counter[0] += 1
+            train_g = loop.step % c.n_critic == c.n_critic - 1
             for name, net in self.nets():
                 real = self.local_batch(x, g) if name == "local" else x
                 losses = self._gan_step(net, *gan[name], real, g, train_g)
@@ -171,14 +173,16 @@ class FAnoGAN(TwoScaleDetector):
                 out["izif" if name == "global" else "local_izif"] = loss.item()
             return out
 
-        history = run_epochs(data, gan_step, epochs=c.gan_epochs, batch_size=c.batch_size, generator=g,
-                             device=self.device(), progress=progress, desc="fanogan: wgan-gp")
+        gan_opts = {f"{name}_{part}": o for name, pair in gan.items()
+                    for part, o in zip(("generator", "critic"), pair, strict=True)}
+        loop.run("wgan-gp", data, gan_step, epochs=c.gan_epochs, batch_size=c.batch_size, optimizers=gan_opts,
+                 device=self.device())
         for _, net in self.nets():  # phase 2: the GAN is fixed (BatchNorm in eval mode, no gradients)
             net.decoder.eval().requires_grad_(False)
             net.critic.requires_grad_(False)
         try:
-            history += run_epochs(data, encoder_step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
-                                  device=self.device(), progress=progress, desc="fanogan: encoder")
+            history = loop.run("encoder", data, encoder_step, epochs=c.epochs, batch_size=c.batch_size,
+                               optimizers={f"{name}_encoder": o for name, o in enc.items()}, device=self.device())
         finally:
             for _, net in self.nets():
                 net.decoder.requires_grad_(True)

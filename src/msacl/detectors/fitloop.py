@@ -1,5 +1,5 @@
-"""Epoch loop with a progress bar, checkpoints and resume for the detectors that train (PANDA, OCGAN, CAVGA),
-as ``msacl pretrain`` does for encoders.
+"""The one epoch loop of the detectors that train (IGD, F-anoGAN, MS-SSIM AE, DAE, PANDA, OCGAN, CAVGA), with a
+progress bar, checkpoints and resume, as ``msacl pretrain`` has for encoders.
 
 A detector's ``fit`` opens a :class:`FitLoop` and runs its phases through it (``loop.run("gan", ...)``). With
 ``det.checkpointing(path)`` (``msacl fit`` sets ``RUN/fit_checkpoint.pt``) the loop writes, every ``every``
@@ -63,6 +63,11 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Mini-batches in one epoch of ``n`` images (a final batch of one image is dropped)."""
+    return n // batch_size + (1 if n % batch_size > 1 else 0)
+
+
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's shuffled index batches; a final batch of one image is dropped (BatchNorm cannot train on it)."""
     order = torch.randperm(n, generator=generator, device=generator.device).cpu()
@@ -90,6 +95,7 @@ class FitLoop:
         self.extra: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []
         self.epoch = 0
+        self.step = 0  # mini-batches done in the current phase (restored on resume)
         done = 0
         if self.ckpt is not None and self.ckpt.resume and self.ckpt.path.is_file():
             self.saved = self._read()
@@ -133,9 +139,13 @@ class FitLoop:
 
     def run(self, phase: str, data: torch.Tensor, step: StepFn, *, epochs: int, batch_size: int,
             optimizers: dict[str, torch.optim.Optimizer] | None = None, device: torch.device | None = None,
+            lr_power: float | None = None,
             on_epoch_end: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         """``epochs`` shuffled passes of ``step(batch, generator)`` over ``data``; returns the whole fit's history
-        (per epoch, the mean of each loss that steps reported)."""
+        (per epoch, the mean of each loss that steps reported).
+
+        With ``lr_power`` the learning rate of every optimiser decays polynomially per step over the phase,
+        ``lr0 * (1 - t / T) ** lr_power`` (IGD release). ``self.step`` counts the phase's mini-batches (``t``)."""
         optimizers = optimizers or {}
         start = 0
         if self.skipped(phase):
@@ -146,15 +156,26 @@ class FitLoop:
                 if key in self.saved.get("optimizers", {}):
                     opt.load_state_dict(self.saved["optimizers"][key])
         n = data.shape[0]
+        per_epoch = steps_per_epoch(n, batch_size)
+        total = max(1, epochs * per_epoch)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        self.step = start * per_epoch
         for epoch in range(start, epochs):
             self.epoch = epoch  # steps that change with the epoch (OCGAN's negative mining) read it
             sums: dict[str, float] = {}
             counts: dict[str, int] = {}
             for idx in epoch_batches(n, batch_size, self.g):
+                if lr_power is not None:
+                    for opt in optimizers.values():
+                        for group in opt.param_groups:
+                            group["lr"] = group["initial_lr"] * (1 - self.step / total) ** lr_power
                 x = data[idx] if device is None else data[idx].to(device)
                 for k, v in step(x, self.g).items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                     counts[k] = counts.get(k, 0) + 1
+                self.step += 1
                 self.bar.update(1)
                 self.bar.set_postfix({k: f"{sums[k] / counts[k]:.4g}" for k in sums}, refresh=False)
             self.history.append({k: v / counts[k] for k, v in sums.items()})

@@ -33,10 +33,11 @@ from typing import ClassVar
 import torch
 
 from msacl.detectors.base import register
+from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
 from msacl.detectors.options import IGDOptions
 from msacl.detectors.patches import extract_patches, place_patch_maps
-from msacl.detectors.training import rand, randperm, run_epochs
+from msacl.detectors.training import rand, randperm
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
 
@@ -241,7 +242,7 @@ class IGD(TwoScaleDetector):
                 net.encoder.eval()
         return self
 
-    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
         c = self.options
         device = self.device()
         opts = {}
@@ -268,18 +269,22 @@ class IGD(TwoScaleDetector):
             return losses
 
         self._latents: dict[str, list[torch.Tensor]] = {}
-        self._fresh = {name for name, _ in self.nets()}
-        history = run_epochs(data, step, epochs=c.epochs, batch_size=c.batch_size, generator=g,
-                             optimizers=[o for pair in opts.values() for o in pair], lr_power=0.9, device=device,
-                             progress=progress, desc="igd", on_epoch_start=self._update_gaussians)
-        self._estimate_gaussians(data, g)
-        del self._latents, self._fresh
+        # a resumed fit has c and sigma of its last epoch in the checkpoint's buffers
+        self._fresh = {name for name, _ in self.nets()} if loop.saved is None else set()
+        optimizers = {f"{name}_{part}": o for name, pair in opts.items()
+                      for part, o in zip(("ae", "critic"), pair, strict=True)}
+        try:
+            history = loop.run("igd", data, step, epochs=c.epochs, batch_size=c.batch_size, optimizers=optimizers,
+                               lr_power=0.9, device=device, on_epoch_end=self._update_gaussians)
+            self._estimate_gaussians(data, loop.g)
+        finally:
+            del self._latents, self._fresh
         return history
 
     def _update_gaussians(self, epoch: int) -> None:
-        """Epoch start: c and sigma from the previous epoch's training latents (the first epoch starts
-        from its first batch). Training latents, not an eval-mode pass: with BatchNorm in training mode
-        they are what h sees during training, and early in training eval-mode statistics differ widely."""
+        """Epoch end: c and sigma from this epoch's training latents, for the next epoch (the first epoch
+        starts from its first batch). Training latents, not an eval-mode pass: with BatchNorm in training
+        mode they are what h sees during training, and early in training eval-mode statistics differ widely."""
         for name, net in self.nets():
             zs = self._latents.pop(name, [])
             if zs:

@@ -43,7 +43,7 @@ from torch import nn
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, gaussian_blur
-from msacl.detectors.fitloop import CheckpointedFit, FitLoop
+from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
 from msacl.detectors.options import OCGANOptions
 from msacl.detectors.training import collect_images, rand, randn, reinit
 from msacl.models.decoders import Critic, LatentAutoencoder, image_hw
@@ -169,8 +169,8 @@ class OCGAN(CheckpointedFit, Detector):
         net = self.model
         reinit([m for name, m in net.named_children() if name != "ae"] + [net.ae.head, net.ae.decoder], g)
         n = data.shape[0]
-        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
-        loop = FitLoop(self, g, phases=[("ocgan", c.epochs)], steps_per_epoch=steps, progress=progress)
+        loop = FitLoop(self, g, phases=[("ocgan", c.epochs)], steps_per_epoch=steps_per_epoch(n, c.batch_size),
+                       progress=progress)
         betas = (c.beta1, 0.999)
         opts = {k: torch.optim.Adam(m.parameters(), lr=c.lr, betas=betas)
                 for k, m in (("ae", net.ae), ("visual", net.visual), ("latent", net.latent),

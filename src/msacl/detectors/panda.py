@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
-from msacl.detectors.fitloop import CheckpointedFit, FitLoop
+from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
 from msacl.detectors.options import PandaOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides, sequential_parts
@@ -236,8 +236,8 @@ class Panda(CheckpointedFit, Detector):
             warnings.warn("panda adapts pre-trained features; the encoder is randomly initialised "
                           "(load ImageNet weights: det.load_encoder('imagenet') / --encoder imagenet)", stacklevel=2)
         n = data.shape[0]
-        steps = n // c.batch_size + (1 if n % c.batch_size > 1 else 0)
-        loop = FitLoop(self, g, phases=[("adapt", c.epochs)], steps_per_epoch=steps, progress=progress)
+        loop = FitLoop(self, g, phases=[("adapt", c.epochs)], steps_per_epoch=steps_per_epoch(n, c.batch_size),
+                       progress=progress)
         params = self.trained_parameters()
         trained = set(map(id, params))
         flags = [(p, p.requires_grad) for p in self.encoder.parameters()]

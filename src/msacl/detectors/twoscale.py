@@ -11,6 +11,7 @@ from torch import nn
 
 from msacl.detectors.base import Detector
 from msacl.detectors.common import check_images
+from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
 from msacl.detectors.options import DetectorOptions, TwoScaleOptions
 from msacl.detectors.patches import extract_patches, in_chunks, sample_patches, spread_patch_scores
 from msacl.detectors.training import collect_images, reinit
@@ -19,7 +20,7 @@ from msacl.models.features import evaluating
 from msacl.runs import as_generator, seeded
 
 
-class TwoScaleDetector(Detector):
+class TwoScaleDetector(CheckpointedFit, Detector):
     """A detector made of a global network on whole images and, with ``local=True``, a second one on
     ``patch_size`` patches (stride ``patch_stride``), as IGD and CCD train them. Settings: ``TwoScaleOptions``
     and a subclass's own.
@@ -32,7 +33,9 @@ class TwoScaleDetector(Detector):
     inside ``torch.random.fork_rng`` (the caller's global RNG is untouched). ``fit`` then re-initialises
     the new layers (latent head, decoder, critic; not the encoder, whose weights the CLI may have loaded)
     from the generator it is given, and draws every other random number (shuffling, patches, noise,
-    interpolation coefficients, GAN latents) from that generator too.
+    interpolation coefficients, GAN latents) from that generator too. Training runs through
+    :class:`~msacl.detectors.fitloop.FitLoop`, so ``det.checkpointing(path, resume=True)`` continues an
+    interrupted fit bit for bit.
     """
 
     Options: ClassVar[type[TwoScaleOptions]] = TwoScaleOptions
@@ -69,19 +72,30 @@ class TwoScaleDetector(Detector):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def phases(self) -> list[tuple[str, int]]:
+        """The fit's phases ``(name, epochs)``, in the order ``fit_data`` runs them through the loop."""
+        return [(self.name, int(self.options.epochs))]
+
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
             progress: bool = False) -> TwoScaleDetector:
         data = collect_images(batches, image_size=self.hw, channels=self.channels_, who=self.name)
         g = as_generator(generator)
         for _, net in self.nets():
             reinit(self.new_layers(net), g)
+        # a resumed fit replaces the weights and the generator's state with the checkpoint's here
+        loop = FitLoop(self, g, phases=self.phases(), progress=progress,
+                       steps_per_epoch=steps_per_epoch(data.shape[0], int(self.options.batch_size)))
         self.train()
-        self.history = self.fit_data(data, g, progress=progress)
-        self.eval()
+        try:
+            self.history = self.fit_data(data, loop)
+        finally:
+            loop.close()
+            self.eval()
         return self
 
-    def fit_data(self, data: torch.Tensor, g: torch.Generator, *, progress: bool) -> list[dict[str, float]]:
-        """Train on (N, C, H, W) images (kept where they are; batches move to the model's device)."""
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
+        """Train on (N, C, H, W) images (kept where they are; batches move to the model's device) through
+        ``loop.run`` (random numbers from ``loop.g``); returns the history."""
         raise NotImplementedError
 
     @torch.no_grad()
