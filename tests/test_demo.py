@@ -69,3 +69,16 @@ def test_demo_lesions_change_only_the_abnormal_images(tmp_path):
     for bad in (dict(lesion_radius=(0.2, 0.1)), dict(lesion_strength=(0.5, 1.5)), dict(lesion_contrast=0)):
         with pytest.raises(DataError, match=next(iter(bad))):
             write_synthetic(tmp_path / "c", **counts, **bad)
+
+
+@pytest.mark.slow
+def test_demo_at_its_defaults_prints_no_warning(tmp_path, capsys):
+    """The demo as ``make demo`` runs it (about a minute): no warning of its own making, the centres frozen
+    after a burn-in that reached its criterion."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err.lower(), err
+    centres = json.loads((out / "pretrain" / "centres.json").read_text())
+    assert centres["separated"] and centres["burnin"]["reached"]
+    assert json.loads((out / "padim" / "metrics.json").read_text())["image_auroc"] > 0.95
