@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 
 from msacl.cli.main import main
 from msacl.detectors import REGISTRY, options_for
+from msacl.runs.fitted import FitRun
 
 FAST = {"padim": [], "patchcore": []}
 # Trained detectors: one tiny epoch is enough to check the plumbing.
@@ -55,14 +57,17 @@ def test_fit_writes_a_complete_run(fitted_runs, name):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["detector"] == name and cfg["data"]["image_size"] == 64 and cfg["seed"] == 3
     assert cfg["data"]["source_channels"] == 3  # the synthetic set is RGB
-    assert cfg["detector_kwargs"]["image_size"] == 64
+    # the image size is stored once: data.image_size, which the detector's settings take it from
+    assert "image_size" not in cfg["detector_kwargs"]
+    assert FitRun.open(run).load_detector().options.image_size == 64
     # 10% of the 64 training images held out, never fitted on; the threshold comes from their maps.
     held = (run / "holdout.txt").read_text().split()
     assert len(held) == 6 and all("train" in h for h in held)
     thr = json.loads((run / "threshold.json").read_text())
     assert isinstance(thr["threshold"], float) and "0.99 quantile" in thr["rule"]
+    assert "decision" not in thr  # decisions come from calibration.json at the verb's --fpr
     fit = json.loads((run / "fit.json").read_text())
-    assert fit["n_train"] == 58 and fit["n_holdout"] == 6
+    assert fit == {"fit_seconds": fit["fit_seconds"], "n_train": 58, "n_holdout": 6}
 
 
 @pytest.mark.parametrize("name", list(FAST))
@@ -364,3 +369,36 @@ def test_colour_input_for_a_grey_trained_run(fitted_runs, synthetic_data, tmp_pa
     x, image, note = FittedRun(run, convert_channels=True).load(colour)
     assert note == "colour converted to grey (luma)" and image.shape == (64, 64, 3)
     assert x.shape == (3, 64, 64) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grey, as in training
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c["data"].pop("image_size"), r"data.image_size is missing"),
+    (lambda c: c.update(seed="x"), r"config.yaml.seed: expected int, got 'x'"),
+    (lambda c: c.update(extra=1), r"unknown key\(s\) \['extra'\]"),
+    (lambda c: c.update(command="pretrain"), r"not written by `msacl fit`"),
+    (lambda c: c.update(detector="patchcore"), r"detector.pt holds a padim detector, config.yaml says patchcore"),
+    (lambda c: c["data"].update(image_size=32), r"detector.pt takes 64 px images, config.yaml says 32"),
+])
+def test_every_verb_refuses_a_run_whose_files_disagree(fitted_runs, synthetic_data, capsys, tmp_path, edit, message):
+    """The fitted run is opened in one place (FitRun): a damaged config.yaml is named, by test and predict alike."""
+    run = tmp_path / "run"
+    shutil.copytree(fitted_runs["padim"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    edit(cfg)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    image = sorted((synthetic_data / "test" / "normal").iterdir())[0]
+    for verb in (["test", "--run", run, "--no-report"], ["predict", "--run", run, image, "--out", tmp_path / "p"]):
+        code, _, err = cli(capsys, *verb)
+        assert code == 1 and re.search(message, err), err
+
+
+def test_fit_config_round_trips_config_yaml(fitted_runs):
+    from msacl.config import from_dict
+    from msacl.runs.fitted import FitConfig
+
+    raw = yaml.safe_load((fitted_runs["patchcore"] / "config.yaml").read_text())
+    config = from_dict(FitConfig, raw)
+    assert config.to_dict() == raw and config.detector_settings()["image_size"] == raw["data"]["image_size"]
+    # a run's config.yaml given to --config fits the same detector settings, image size included
+    assert REGISTRY["patchcore"].Options(**config.detector_settings()).to_dict() == \
+        FitRun.open(fitted_runs["patchcore"]).load_detector().config

@@ -58,10 +58,9 @@ def test_decision_metrics_from_a_record_without_decision_keys_is_none():
 
 
 def test_threshold_record_round_trips_threshold_json():
-    full = {"threshold": 0.25, "rule": "best mean Dice on val", "display_range": [0.0, 2.5],
-            "decision": {"fpr": 0.05, "image": {"threshold": 1.0}}}
+    full = {"threshold": 0.25, "rule": "best mean Dice on val", "display_range": [0.0, 2.5]}
     t = ThresholdRecord.from_dict(full)
-    assert t.threshold == 0.25 and t.display_range == (0.0, 2.5) and t.decision["fpr"] == 0.05
+    assert t.threshold == 0.25 and t.display_range == (0.0, 2.5)
     assert t.to_dict() == full
     bare = {"threshold": None, "rule": "none: no val/ masks and no held-out normals"}
     assert ThresholdRecord.from_dict(bare).to_dict() == bare

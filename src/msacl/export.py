@@ -253,13 +253,10 @@ def float32_error(det: Any, images: torch.Tensor) -> dict[str, float | None]:
 def run_images(model: Any, n: int = 16) -> tuple[torch.Tensor, list[str]]:
     """Up to ``n`` of the run's own images, prepared as ``msacl predict`` prepares inputs: half held-out normals
     (``calibration.json``), half from the data folder's ``test/`` (abnormal first), as far as they exist."""
-    import json
-
     from msacl.data.readers import is_image_file
 
-    cal = model.path / "calibration.json"
-    normals = json.loads(cal.read_text()).get("paths", []) if cal.is_file() else []
-    root = Path(str((model.config.get("data") or {}).get("root", "")))
+    normals = (model.run.calibration() or {}).get("paths", [])
+    root = Path(model.run.config.data.root or "")
     tests: list[str] = []
     for sub in ("test/abnormal", "test/normal", "test", "train/normal"):
         if (root / sub).is_dir():

@@ -24,7 +24,6 @@ converts it (grey repeated into three channels, or colour to ITU-R 601 luma) and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,57 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from msacl.errors import CheckpointError, DataError
-from msacl.records import ThresholdRecord
+from msacl.errors import DataError
+from msacl.runs.fitted import COLOUR, FitRun
 
-COLOUR = {1: "grey", 3: "colour"}
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 16
 HEATMAP_SIDE = 1024
-NO_CALIBRATION = ("{run} has no calibration.json (fitted with --holdout 0 and no val/, or by an older msacl): "
+NO_CALIBRATION = ("{run} has no calibration.json (fitted with --holdout 0 and no val/): "
                   "scores only, no normal/abnormal decision; refit with --holdout 0.1 to get decisions")
-
-
-def open_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A run directory written by ``msacl fit`` and its ``config.yaml``; CheckpointError naming the problem."""
-    import yaml
-
-    run = Path(path)
-    if not run.is_dir():
-        raise CheckpointError(f"{run}: run directory not found")
-    if not (run / "detector.pt").is_file():
-        raise CheckpointError(f"{run}: not a fitted run (no detector.pt); create one with `msacl fit --out {run}`")
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{run}/config.yaml: unreadable ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("command") != "fit":
-        raise CheckpointError(f"{run}: config.yaml was not written by `msacl fit`")
-    return run, cfg
-
-
-def read_json(path: Path, missing: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A run's JSON file, ``missing`` when absent; CheckpointError naming the file when unreadable."""
-    if not path.is_file():
-        return missing
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from None
-
-
-def read_threshold(run: Path) -> ThresholdRecord:
-    """``threshold.json`` (the IoU / Dice threshold and the heat maps' colour range)."""
-    missing = {"threshold": None, "rule": "none (threshold.json missing)"}
-    return ThresholdRecord.from_dict(read_json(run / "threshold.json", missing) or missing)
-
-
-def run_decision(run: Path, fpr: float) -> dict[str, Any] | None:
-    """Thresholds at ``fpr`` from ``RUN/calibration.json`` (None for a run fitted without held-out normals)."""
-    from msacl.calibrate import decide
-
-    cal = read_json(run / "calibration.json", None)
-    return None if cal is None else decide(cal, fpr)
 
 
 def source_channels(paths: list[str], limit: int = 32) -> int | str:
@@ -215,24 +171,19 @@ class FittedRun:
 
     def __init__(self, run: str | Path, *, fpr: float = 0.05, device: str | torch.device = "cpu",
                  convert_channels: bool = False, limits: InputLimits | None = None, command: str = ""):
-        from msacl.detectors import Detector
-
-        self.path, self.config = open_run(run)
-        data = self.config.get("data") or {}
-        self.size = int(data["image_size"])
-        self.channels = int(data.get("channels") or 3)
-        # Runs fitted before source_channels was recorded: the model's channels are the best guess.
-        self.source_channels: int | str = data.get("source_channels", self.channels)
-        self.source_known = "source_channels" in data
-        self.detector = Detector.load(self.path / "detector.pt").to(device).eval()
+        self.run = FitRun.open(run)
+        self.path = self.run.path
+        self.size = self.run.image_size
+        self.channels = self.run.channels
+        self.source_channels = self.run.source_channels
+        self.detector = self.run.load_detector(device)
         self.device = torch.device(device)
         self.convert_channels = convert_channels
         self.limits = limits or InputLimits()
         self.min_side = self.limits.min_side or min(MIN_SIDE, self.size)
         self.command = command
-        thr = read_threshold(self.path)
-        self.display_range = thr.display_range
-        self.decision = run_decision(self.path, fpr)
+        self.display_range = self.run.threshold().display_range
+        self.decision = self.run.decision(fpr)
         self.fpr = fpr
 
     def flag(self, name: str) -> str:
@@ -311,8 +262,6 @@ class FittedRun:
         if src in (1, 3) and d.channels != src:
             what = (f"{label}: a {COLOUR[d.channels]} image ({d.mode}), but {self.path} was "
                     f"fitted on {COLOUR[src]} images")
-            if not self.source_known:
-                what += f" (its {self.channels}-channel input; the run does not record its sources' colour)"
             if not self.convert_channels:
                 raise DataError(f"{what}: its score would not be comparable; pass {self.flag('--convert-channels')} "
                                 f"to convert it ({'repeat the grey channel' if src == 3 else 'colour to grey'}) "
@@ -387,7 +336,7 @@ class FittedRun:
 
     def summary(self) -> dict[str, Any]:
         """What the decisions rest on, for ``decision.json`` and ``/health`` (``image`` None without calibration)."""
-        base = {"run": str(self.path), "detector": self.config.get("detector"), "image_size": self.size,
+        base = {"run": str(self.path), "detector": self.run.config.detector, "image_size": self.size,
                 "channels": self.channels, "source_channels": self.source_channels, "fpr": self.fpr,
                 "max_pixels": self.limits.max_pixels, "min_side": self.min_side,
                 "heatmap_side": self.limits.heatmap_side}

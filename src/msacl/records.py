@@ -1,8 +1,8 @@
 """Typed records of a fitted detector's threshold and a test split's metrics.
 
-On disk they stay the flat JSON of earlier versions (``threshold.json``, ``metrics.json``, the ``metrics`` of a
-bench ``results.jsonl`` line): :meth:`to_dict` writes those keys and :meth:`from_dict` reads them back, also
-from files written before these records existed.
+On disk they are flat JSON (``threshold.json``, ``metrics.json``, the ``metrics`` of a bench ``results.jsonl``
+line), one key per figure, easy to read with ``jq`` or pandas: :meth:`to_dict` writes those keys and
+:meth:`from_dict` reads them back.
 """
 
 from __future__ import annotations
@@ -20,27 +20,25 @@ class ThresholdRecord:
         rule: how it was chosen.
         display_range: (low, high) of the maps it was chosen on: one colour scale for every heat map of
             ``msacl predict``; None without such maps.
-        decision: the calibrated normal / abnormal decision at fit's ``--fpr`` (``msacl.calibrate.decide``).
+
+    The normal / abnormal decision is not stored: each verb decides it from ``calibration.json`` at its own
+    ``--fpr`` (``msacl.calibrate.decide``).
     """
 
     threshold: float | None
     rule: str
     display_range: tuple[float, float] | None = None
-    decision: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"threshold": self.threshold, "rule": self.rule}
         if self.display_range is not None:
             out["display_range"] = list(self.display_range)
-        if self.decision is not None:
-            out["decision"] = self.decision
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ThresholdRecord:
         lo_hi = d.get("display_range")
-        return cls(d.get("threshold"), d.get("rule", "none"), None if lo_hi is None else (lo_hi[0], lo_hi[1]),
-                   d.get("decision"))
+        return cls(d.get("threshold"), d.get("rule", "none"), None if lo_hi is None else (lo_hi[0], lo_hi[1]))
 
 
 @dataclass

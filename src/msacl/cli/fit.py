@@ -1,12 +1,12 @@
 """``msacl fit``: fit a detector and write its run (``msacl test`` is in ``cli.test``, ``msacl predict`` in
 ``cli.predict``).
 
-``fit`` writes a run directory RUN holding ``config.yaml`` (detector, its settings: the fields of its options
-dataclass, data, encoder, seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name,
-settings and state dict, encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the
-normal images held out from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal /
-abnormal decision at ``--fpr``, see ``msacl.calibrate``) and, where training images were held out,
-``holdout.txt``.
+``fit`` writes a run directory RUN (:class:`msacl.runs.fitted.FitRun`, which ``test``, ``predict``, ``serve``
+and ``export`` open): ``config.yaml`` (detector, its settings: the fields of its options dataclass, data,
+encoder, seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name, settings and
+state dict, encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the normal images
+held out from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal / abnormal decision
+at ``--fpr``, see ``msacl.calibrate``) and, where training images were held out, ``holdout.txt``.
 
 Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
 
@@ -39,8 +39,8 @@ from msacl.names import DETECTORS
 
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
-    from msacl.detectors import Detector
     from msacl.pipeline import FitResult
+    from msacl.runs.fitted import FitConfig, FitRun
 
 _EXAMPLES = """\
 examples:
@@ -119,7 +119,9 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
     given: dict[str, Any] = {}
     if config_file:
         data = read_yaml_mapping(config_file)
-        data = data.get("detector_kwargs", data)  # also accept a run's config.yaml
+        if "detector_kwargs" in data:  # a fitted run's config.yaml: its settings and, from its data, image size
+            size = (data.get("data") or {}).get("image_size")
+            data = dict(data["detector_kwargs"]) | ({} if size is None else {"image_size": size})
         given.update(data)
     given.update(parse_key_values(overrides, "--set"))
     return make_options(cls.Options, where=cls.name, **given).to_dict(), set(given)
@@ -128,12 +130,14 @@ def resolve_detector_config(cls: type, config_file: str | None, overrides: list[
 # ---------------------------------------------------------------------------------------------------- fit
 
 
-def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
-    """The detector's settings (config file, ``--set`` and the shared flags), the run's config and the image
-    size given (None: decided from the training images)."""
+def _fit_settings(args: argparse.Namespace) -> FitConfig:
+    """The run's config: the detector's settings (config file, ``--set`` and the shared flags) and the data
+    options (``data.image_size`` None: decided from the training images)."""
     from msacl.config import ConfigError
+    from msacl.data.options import DataOptions
     from msacl.detectors import REGISTRY
     from msacl.detectors.options import make_options
+    from msacl.runs.fitted import FitConfig
 
     if args.detector not in REGISTRY:
         raise MsaclError(f"detector {args.detector!r} is not available in this installation "
@@ -160,19 +164,11 @@ def _fit_settings(args: argparse.Namespace) -> tuple[dict, dict, int | None]:
             raise ConfigError(f"image_size: fit takes square images, give one int (--image-size N), got {image_size}")
     if not 0 <= args.holdout < 1:
         raise MsaclError(f"--holdout must be in [0, 1), got {args.holdout}")
-    config = {
-        "command": "fit",
-        "detector": args.detector,
-        "detector_kwargs": kwargs,
-        "data": {"root": str(args.data), "layout": args.layout, "channels": args.channels,
-                 "image_size": image_size, "on_bad_file": args.on_bad_file},
-        "encoder": args.encoder,
-        "encoder_local": args.encoder_local,
-        "batch_size": args.batch_size or 32,
-        "holdout": args.holdout,
-        "seed": args.seed,
-    }
-    return kwargs, config, image_size
+    data = DataOptions(root=str(args.data), layout=args.layout, image_size=image_size, channels=args.channels,
+                       on_bad_file=args.on_bad_file, cache_dir=args.cache_dir)
+    return FitConfig(detector=args.detector, detector_kwargs=kwargs, data=data, encoder=args.encoder,
+                     encoder_local=args.encoder_local, batch_size=args.batch_size or 32, holdout=args.holdout,
+                     seed=args.seed)
 
 
 def _check_out(args: argparse.Namespace) -> Path:
@@ -189,17 +185,17 @@ def _check_out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _load_train(args: argparse.Namespace, image_size: int | None, config: dict) -> ImageSet:
-    """The training images (at ``image_size``; None: their own size); the sources' channels go into
-    ``config``."""
+def _load_train(args: argparse.Namespace, config: FitConfig) -> ImageSet:
+    """The training images (at ``config.data.image_size``; None: their own size); the sources' channels go
+    into ``config``."""
     from msacl.data import load_split
     from msacl.inference import source_channels
 
-    train = load_split(args.data, "train", image_size=image_size, **_load_options(args))
+    train = load_split(args.data, "train", image_size=config.data.image_size, **_load_options(args))
     if len(train) == 0:
         raise DataError(f"{args.data}: no training images")
     # What `predict` / `serve` compare new inputs with: the loaded tensors no longer say if sources were grey.
-    config["data"]["source_channels"] = source_channels(train.paths)
+    config.data.source_channels = source_channels(train.paths)
     return train
 
 
@@ -225,60 +221,47 @@ def _fit(args: argparse.Namespace) -> int:
     import yaml
 
     from msacl.pipeline import fit_detector, prepare_detector, resolve_device
-    from msacl.runs import RunDir
+    from msacl.runs.fitted import FitRun
 
-    kwargs, config, image_size = _fit_settings(args)
+    config = _fit_settings(args)
     if args.print_config:
-        print(yaml.safe_dump(config, sort_keys=False), end="")
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     out = _check_out(args)
     device = resolve_device(args.device)
-    train = _load_train(args, image_size, config)
+    train = _load_train(args, config)
     # The pipeline decides the image size (the training images' side) and the channels from `train`.
-    det, loaded = prepare_detector(args.detector, kwargs, train, seed=args.seed,
+    det, loaded = prepare_detector(args.detector, config.detector_kwargs, train, seed=args.seed,
                                    encoders={"global": args.encoder, "local": args.encoder_local},
                                    flags={"global": "--encoder", "local": "--encoder-local"},
                                    where=f"{args.data}: training images")
-    image_size = config["data"]["image_size"] = det.options.image_size
+    image_size = config.data.image_size = det.options.image_size
     val = _load_val(args, image_size)
     for part, weights in loaded.items():
         info(f"{part} encoder: {weights}")
-    config["detector_kwargs"] = det.config
+    config.detector_kwargs = det.config
 
-    run = RunDir.create(out, config=config, seed=args.seed, command="fit")
+    run = FitRun.create(out, config)
     if hasattr(det, "checkpointing"):  # detectors that train (through fitloop) save every epoch and can resume
         det.checkpointing(run.path / "fit_checkpoint.pt", resume=args.resume)
     report_skipped(run.path, train, val)
     info(f"fitting {args.detector} on {len(train)} images of {image_size} px ({device})")
     try:
         fit = fit_detector(det, train, val=val, holdout=args.holdout, seed=args.seed,
-                           batch_size=config["batch_size"], device=device, progress=not args.quiet)
+                           batch_size=config.batch_size, device=device, progress=not args.quiet)
     except DataError as e:
         raise DataError(f"{args.data}: {e}") from None
-    _write_fit(args, run.path, det, fit, image_size)
+    run.save(det, fit)
+    _summary(args, run, fit)
     return 0
 
 
-def _write_fit(args: argparse.Namespace, path: Path, det: Detector, fit: FitResult, image_size: int) -> None:
-    """The fitted run's files (detector.pt, threshold, calibration, held-out list, fit.json) and the summary."""
-    from msacl.runs import write_json
-
-    threshold, fit_s, held = fit.threshold, fit.fit_seconds, fit.held_out
-    if held is not None:
-        (path / "holdout.txt").write_text("\n".join(held.paths) + "\n")
-    decision = None
-    if fit.calibration is not None:
-        from msacl.calibrate import decide
-
-        write_json(path / "calibration.json", fit.calibration)
-        decision = threshold.decision = decide(fit.calibration, args.fpr)
-    write_json(path / "threshold.json", threshold.to_dict())
-    det.cpu().save(path / "detector.pt")
-    write_json(path / "fit.json", {"fit_seconds": round(fit_s, 3), "n_train": fit.n_train,
-                                   "n_holdout": 0 if held is None else len(held), "image_size": image_size})
-    print(f"fitted {args.detector} on {fit.n_train} images in {fit_s:.1f} s -> {path / 'detector.pt'}")
-    if threshold.threshold is not None:
-        print(f"threshold {threshold.threshold:.4g} ({threshold.rule})")
+def _summary(args: argparse.Namespace, run: FitRun, fit: FitResult) -> None:
+    """What was fitted, its thresholds and what to run next."""
+    print(f"fitted {args.detector} on {fit.n_train} images in {fit.fit_seconds:.1f} s -> {run.path / 'detector.pt'}")
+    if fit.threshold.threshold is not None:
+        print(f"threshold {fit.threshold.threshold:.4g} ({fit.threshold.rule})")
+    decision = run.decision(args.fpr)
     if decision is not None:
         print(f"decision threshold {decision['image']['threshold']:.4g} at FPR {args.fpr:g} "
               f"(split conformal on {decision['image']['n']} held-out normal images)")
@@ -286,4 +269,4 @@ def _write_fit(args: argparse.Namespace, path: Path, det: Detector, fit: FitResu
             info(f"warning: {w}")
     else:
         info("no held-out normal images: `test` and `predict` give scores but no normal/abnormal decision")
-    print(f"next: msacl test --run {path}")
+    print(f"next: msacl test --run {run.path}")

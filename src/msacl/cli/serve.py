@@ -79,10 +79,10 @@ def exposure_warning(host: str, port: int, key: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from msacl.errors import MsaclError
-    from msacl.inference import open_run
+    from msacl.runs.fitted import FitRun
     from msacl.serve import create_app
 
-    open_run(args.run)  # a wrong path fails here, in one line, not in the server's log
+    FitRun.open(args.run)  # a wrong path fails here, in one line, not in the server's log
     if not 0 < args.port < 65536:
         raise MsaclError(f"--port must be between 1 and 65535, got {args.port}")
     if not args.timeout > 0:

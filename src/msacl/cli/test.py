@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from msacl.data.types import ImageSet
+    from msacl.runs.fitted import FitRun
 
 _EXAMPLES = """\
 examples:
@@ -50,66 +51,60 @@ def run(args: argparse.Namespace) -> int:
     return _test(args)
 
 
-def _decide(run: Path, fpr: float | None, metrics: Metrics, test: ImageSet, scores: torch.Tensor,
+def _decide(run: FitRun, fpr: float, metrics: Metrics, test: ImageSet, scores: torch.Tensor,
             maps: torch.Tensor) -> list[str]:
     """Normal / abnormal calls of the test images at the run's calibrated threshold (``""`` each without
     calibration); their metrics go into ``metrics.decision`` and ``RUN/decision.json``."""
     from msacl.calibrate import evaluate_decision
-    from msacl.inference import NO_CALIBRATION, run_decision
+    from msacl.inference import NO_CALIBRATION
     from msacl.records import DecisionMetrics
     from msacl.runs import write_json
 
-    decision = run_decision(run, fpr)
+    decision = run.decision(fpr)
     if decision is None:
-        info(f"note: {NO_CALIBRATION.format(run=run)}")
+        info(f"note: {NO_CALIBRATION.format(run=run.path)}")
         return [""] * len(scores)
     for w in decision["warnings"]:
         info(f"warning: {w}")
     record = evaluate_decision(decision, scores, test.labels, maps, test.masks)
     metrics.decision = DecisionMetrics.from_dict(record["metrics"])
-    write_json(run / "decision.json", record)
+    write_json(run.path / "decision.json", record)
     return ["abnormal" if float(s) > decision["image"]["threshold"] else "normal" for s in scores]
 
 
 def _test(args: argparse.Namespace) -> int:
     from msacl.data import load_split
-    from msacl.detectors import Detector
-    from msacl.inference import open_run, read_threshold
     from msacl.pipeline import resolve_device, test_detector
     from msacl.runs import write_json
+    from msacl.runs.fitted import FitRun
 
-    run, cfg = open_run(args.run)
-    data_cfg = cfg.get("data", {})
-    data = args.data or data_cfg.get("root")
+    fitted = FitRun.open(args.run)
+    run, data_cfg = fitted.path, fitted.config.data
+    data = args.data or data_cfg.root
     if not data:
         raise MsaclError("no --data given and the run does not name its data folder")
-    size = int(data_cfg["image_size"])
+    size = fitted.image_size
     if args.image_size is not None and args.image_size != size:
         info(f"--image-size {args.image_size} ignored: the detector was fitted at {size} px, images are "
              f"resized to that")
-    channels = int(data_cfg.get("channels", 3))
-    if args.channels is not None and args.channels != channels:
-        # as `predict` and `serve` refuse an image of another colour: its score is not comparable
-        raise DataError(f"--channels {args.channels}: {run} was fitted on {channels}-channel images, and scores of "
-                        f"{args.channels}-channel images are not comparable with them (the same content scores "
-                        f"differently in grey and in colour); leave --channels out, or fit a run on "
-                        f"{args.channels}-channel images")
-    det = Detector.load(run / "detector.pt")
+    # as `predict` and `serve` refuse an image of another colour: its score is not comparable
+    fitted.check_channels(args.channels)
+    det = fitted.load_detector()
     device = resolve_device(args.device)
-    test = load_split(data, "test", image_size=size, channels=channels,
-                      layout=args.layout or data_cfg.get("layout", "folder"), on_bad_file=args.on_bad_file,
+    test = load_split(data, "test", image_size=size, channels=fitted.channels,
+                      layout=args.layout or data_cfg.layout, on_bad_file=args.on_bad_file,
                       cache_dir=args.cache_dir)
     report_skipped(run, test)
     if len(test) == 0:
         raise DataError(f"{data}: no test images")
-    thr = read_threshold(run)
+    thr = fitted.threshold()
     metrics, scores, maps = test_detector(det, test, threshold=thr.threshold, seed=args.seed,
                                           batch_size=args.batch_size, device=device, progress=not args.quiet)
     if metrics.pixel is not None and thr.threshold is not None:
         metrics.pixel.threshold_rule = thr.rule
-    metrics.detector = cfg.get("detector")
+    metrics.detector = fitted.config.detector
     metrics.test_data = str(data)
-    calls = _decide(run, args.fpr, metrics, test, scores, maps)
+    calls = _decide(fitted, args.fpr, metrics, test, scores, maps)
     write_json(run / "metrics.json", metrics.to_dict())
     write_csv(run / "scores.csv", ["path", "label", "score", "decision"],
                [[p, int(l), f"{float(s):.6g}", c]
@@ -120,7 +115,7 @@ def _test(args: argparse.Namespace) -> int:
 
         report = write_report(run, images=test.images, labels=test.labels, scores=scores,
                               maps=maps, masks=test.masks, paths=test.paths, metrics=metrics,
-                              title=f"{cfg.get('detector')} on {Path(str(data)).name}",
+                              title=f"{fitted.config.detector} on {Path(str(data)).name}",
                               score_threshold=None if metrics.decision is None else metrics.decision.threshold)
     _print_summary(metrics)
     print(f"metrics: {run / 'metrics.json'}   scores: {run / 'scores.csv'}")

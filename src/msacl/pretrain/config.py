@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
+from msacl.data.options import DataOptions
 from msacl.names import METHODS, Method  # noqa: F401  (METHODS: re-exported by msacl.pretrain)
 
 # Strong family used when ``strong`` is left empty: MedMix for MSACL (Sec. 3.2); permutation for CCD,
@@ -20,18 +21,6 @@ from msacl.names import METHODS, Method  # noqa: F401  (METHODS: re-exported by 
 # and DROC augments the distribution with rotations (both papers' choice).
 DEFAULT_STRONG = {"msacl": "medmix", "ccd": "permutation", "rotnet": "rotation", "simclr": None,
                   "csi": "rotation", "droc": "rotation"}
-
-
-@dataclass
-class DataOptions:
-    """How the training images were read (recorded so a run directory says what it was trained on)."""
-
-    root: str | None = None
-    layout: str = "folder"
-    image_size: int | None = None
-    channels: int = 3
-    on_bad_file: str = "error"
-    cache_dir: str | None = None
 
 
 @dataclass

@@ -7,6 +7,8 @@ where there are metrics, ``metrics.json``.
 * ``atomic_io.py``: writes through a temporary file and ``os.replace`` (JSON, text, ``torch.save``), and
   ``torch.load(weights_only=True)`` that names the file and the problem;
 * ``rundir.py``: :class:`RunDir` (``config.yaml``, ``command.txt``, ``meta.json``) and the git SHA;
+* ``fitted.py``: :class:`FitRun`, a fitted detector's run (written by ``fit``; opened by ``test``, ``predict``,
+  ``serve`` and ``export``) and its typed config, :class:`FitConfig`;
 * ``seeding.py``: seeded generators (one helper, :func:`make_generator`), derived seeds, and :func:`seeded`
   for the layer initialisers that draw from torch's global generator.
 """
