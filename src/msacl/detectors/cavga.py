@@ -31,23 +31,20 @@ D is msacl's ``Critic`` and the decoder a stack of nearest up-sampling + 3 x 3 c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msacl.detectors.base import Detector, register
-from msacl.detectors.common import check_images
-from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
+from msacl.detectors.base import register
+from msacl.detectors.fitloop import FitLoop
+from msacl.detectors.network import NetworkDetector
 from msacl.detectors.ocgan import bce
 from msacl.detectors.options import CAVGAOptions
-from msacl.detectors.training import collect_images, randn, reinit
-from msacl.models.decoders import Critic, image_hw
+from msacl.detectors.training import randn
+from msacl.models.decoders import Critic
 from msacl.models.encoders import Encoder
-from msacl.models.features import evaluating
-from msacl.runs import as_generator, seeded
 
 # ---------------------------------------------------------------- losses and maps (pure functions)
 
@@ -125,7 +122,7 @@ class CAVGANet(nn.Module):
 
 
 @register("cavga")
-class CAVGA(CheckpointedFit, Detector):
+class CAVGA(NetworkDetector):
     """CAVGA-R_u detector on any encoder (see the module docstring for the losses, the sources and the map).
 
     Args:
@@ -139,41 +136,22 @@ class CAVGA(CheckpointedFit, Detector):
     Options: ClassVar[type[CAVGAOptions]] = CAVGAOptions
     options: CAVGAOptions
 
-    def __init__(self, options: CAVGAOptions | None = None, /, **kwargs: Any):
-        super().__init__(options, **kwargs)
+    def build_nets(self) -> None:
         o = self.options
-        self.hw = image_hw(o.image_size)
-        with seeded(o.init_seed):
-            self.model = CAVGANet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
-                                  width=o.width, stride=o.latent_stride)
+        self.model = CAVGANet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
+                              width=o.width, stride=o.latent_stride)
 
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.encoder
+    def new_layer_groups(self) -> list[list[nn.Module]]:
+        net = self.model
+        return [[net.mu, net.logvar, net.decoder, net.critic]]
 
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
-            progress: bool = False) -> CAVGA:
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
         c, net = self.options, self.model
-        data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
-        g = as_generator(generator)
-        reinit([net.mu, net.logvar, net.decoder, net.critic], g)
-        n = data.shape[0]
-        loop = FitLoop(self, g, phases=[("cavga", c.epochs)], steps_per_epoch=steps_per_epoch(n, c.batch_size),
-                       progress=progress)
         vae = [p for name, p in net.named_parameters() if not name.startswith("critic.")]
         opts = {"vae": torch.optim.Adam(vae, lr=c.lr, betas=(0.5, 0.999)),
                 "critic": torch.optim.Adam(net.critic.parameters(), lr=c.lr, betas=(0.5, 0.999))}
-        self.train()
-        try:
-            self.history = loop.run("cavga", data, lambda x, g: self._step(x, g, opts), epochs=c.epochs,
-                                    batch_size=c.batch_size, optimizers=opts, device=self.device())
-        finally:
-            loop.close()
-            self.eval()
-        return self
+        return loop.run("cavga", data, lambda x, g: self._step(x, g, opts), epochs=c.epochs,
+                        batch_size=c.batch_size, optimizers=opts, device=self.device())
 
     def _step(self, x: torch.Tensor, g: torch.Generator, opts: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         c, net = self.options, self.model
@@ -193,16 +171,11 @@ class CAVGA(CheckpointedFit, Detector):
         opts["vae"].step()
         return {"critic": loss_d.item(), "vae": l_vae.item(), "adv": l_adv.item(), "ae": l_ae.item()}
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: (N, C, H, W) -> scores (N,), maps 1 - A (N, 1, H, W). Runs autograd for the Grad-CAM."""
-        c = self.options
-        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c.channels)
-        with evaluating(self):
-            with torch.enable_grad():
-                xd = x.to(self.device())
-                f, mu, _ = self.model.encode(xd)
-                attention = grad_cam(f, mu.sum()).detach()
-            with torch.no_grad():
-                score = cavga_score(xd, self.model.decoder(mu))
-                maps = F.interpolate(1 - attention, size=self.hw, mode="bilinear", align_corners=False)
-        return score.detach().to(x.device), maps.to(x.device)
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,) and maps 1 - A (B, 1, H, W); runs autograd for the Grad-CAM (``predict`` runs without)."""
+        with torch.enable_grad():
+            f, mu, _ = self.model.encode(x)
+            attention = grad_cam(f, mu.sum()).detach()
+        score = cavga_score(x, self.model.decoder(mu))
+        maps = F.interpolate(1 - attention, size=self.hw, mode="bilinear", align_corners=False)
+        return score, maps

@@ -34,21 +34,19 @@ discriminators and C are msacl's ``Critic`` (strided convolutions, no normalisat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msacl.detectors.base import Detector, register
-from msacl.detectors.common import check_images, gaussian_blur
-from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
+from msacl.detectors.base import register
+from msacl.detectors.common import gaussian_blur
+from msacl.detectors.fitloop import FitLoop
+from msacl.detectors.network import NetworkDetector
 from msacl.detectors.options import OCGANOptions
-from msacl.detectors.training import collect_images, rand, randn, reinit
-from msacl.models.decoders import Critic, LatentAutoencoder, image_hw
-from msacl.models.features import evaluating
-from msacl.runs import as_generator, seeded
+from msacl.detectors.training import rand, randn
+from msacl.models.decoders import Critic, LatentAutoencoder
 
 # ---------------------------------------------------------------- losses and scores (pure functions)
 
@@ -130,7 +128,7 @@ class OCGANNet(nn.Module):
 
 
 @register("ocgan")
-class OCGAN(CheckpointedFit, Detector):
+class OCGAN(NetworkDetector):
     """OCGAN detector on any encoder (see the module docstring for losses, released details and the map).
 
     Args:
@@ -146,44 +144,27 @@ class OCGAN(CheckpointedFit, Detector):
     Options: ClassVar[type[OCGANOptions]] = OCGANOptions
     options: OCGANOptions
 
-    def __init__(self, options: OCGANOptions | None = None, /, **kwargs: Any):
-        super().__init__(options, **kwargs)
+    def build_nets(self) -> None:
         o = self.options
-        self.hw = image_hw(o.image_size)
-        with seeded(o.init_seed):
-            self.model = OCGANNet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
-                                  width=o.width)
+        self.model = OCGANNet(o.backbone, image_size=self.hw, latent_dim=o.latent_dim, channels=o.channels,
+                              width=o.width)
 
     @property
     def encoder(self) -> nn.Module:
         return self.model.ae.encoder
 
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
-            progress: bool = False) -> OCGAN:
-        c = self.options
-        data = collect_images(batches, image_size=self.hw, channels=c.channels, who=self.name)
-        g = as_generator(generator)
+    def new_layer_groups(self) -> list[list[nn.Module]]:
         net = self.model
-        reinit([m for name, m in net.named_children() if name != "ae"] + [net.ae.head, net.ae.decoder], g)
-        n = data.shape[0]
-        loop = FitLoop(self, g, phases=[("ocgan", c.epochs)], steps_per_epoch=steps_per_epoch(n, c.batch_size),
-                       progress=progress)
+        return [[m for name, m in net.named_children() if name != "ae"] + [net.ae.head, net.ae.decoder]]
+
+    def fit_data(self, data: torch.Tensor, loop: FitLoop) -> list[dict[str, float]]:
+        c, net = self.options, self.model
         betas = (c.beta1, 0.999)
         opts = {k: torch.optim.Adam(m.parameters(), lr=c.lr, betas=betas)
                 for k, m in (("ae", net.ae), ("visual", net.visual), ("latent", net.latent),
                              ("classifier", net.classifier))}
-        self.train()
-        try:
-            self.history = loop.run("ocgan", data, lambda x, g: self._step(x, g, opts, loop.epoch),
-                                    epochs=c.epochs, batch_size=c.batch_size, optimizers=opts,
-                                    device=self.device())
-        finally:
-            loop.close()
-            self.eval()
-        return self
+        return loop.run("ocgan", data, lambda x, g: self._step(x, g, opts, loop.epoch), epochs=c.epochs,
+                        batch_size=c.batch_size, optimizers=opts, device=self.device())
 
     def _step(self, x: torch.Tensor, g: torch.Generator, opts: dict[str, torch.optim.Optimizer],
               epoch: int) -> dict[str, float]:
@@ -220,13 +201,7 @@ class OCGAN(CheckpointedFit, Detector):
         return {"visual": loss_v.item(), "latent": loss_l.item(), "classifier": loss_c.item(),
                 "generator": loss_g.item()}
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.options
-        check_images(x, f"{self.name}.predict", image_size=self.hw, channels=c.channels)
-        with evaluating(self):
-            xd = x.to(self.device())
-            x_rec = self.model.ae.decode(self.model.ae.encode(xd))
-            score = ocgan_score(xd, x_rec)
-            maps = gaussian_blur(((xd - x_rec) ** 2).mean(1, keepdim=True), c.blur_sigma)
-        return score.to(x.device), maps.to(x.device)
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_rec = self.model.ae.decode(self.model.ae.encode(x))
+        maps = gaussian_blur(((x - x_rec) ** 2).mean(1, keepdim=True), self.options.blur_sigma)
+        return ocgan_score(x, x_rec), maps
