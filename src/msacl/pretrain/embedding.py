@@ -1,7 +1,8 @@
 """What the t-SNE picture of a pre-trained encoder shows (MSACL Fig. 1): its features of test images.
 
-The engine computes them here and writes them to the run's embedding.pt; ``msacl.report.plot_run_tsne`` draws
-the picture.
+The engine computes them here and writes them to the run's embedding.pt; the report side draws the picture
+from that file (``plot_run_tsne`` in report/tsne.py, called by ``msacl pretrain``), so that pre-training never
+imports the report.
 """
 
 from __future__ import annotations

@@ -344,7 +344,8 @@ class _Run:
 
     def finish(self, test: ImageSet | None) -> None:
         """encoder.pt if a resumed run had already finished, and embedding.pt: the encoder's features of (a seeded
-        subsample of) ``test`` with their labels, which ``msacl.report.plot_run_tsne`` draws as tsne.png."""
+        subsample of) ``test`` with their labels. The engine draws nothing: the report side's ``plot_run_tsne``
+        (report/tsne.py) makes tsne.png from that file."""
         cfg, fabric = self.cfg, self.fabric
         if not self.enc_path.is_file() and fabric.is_global_zero:  # resumed a run that had already finished
             save_encoder(self.raw, self.enc_path)
@@ -377,7 +378,8 @@ def pretrain(
     torchvision / timm state dict of the backbone) with encoder.json (backbone, normalisation, weights' source),
     for methods with class centres centres.json (``centre_separation``)
     and, with a ``test`` split, embedding.pt (the encoder's features of the test images, MSACL Fig. 1), which
-    ``msacl.report.plot_run_tsne(out_dir)`` draws as tsne.png (``msacl pretrain`` does).
+    the report side draws as tsne.png (``msacl pretrain`` calls ``plot_run_tsne(out_dir)`` of report/tsne.py
+    when this returns).
 
     Args:
         cfg: the run's settings.
