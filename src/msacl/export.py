@@ -6,17 +6,15 @@ antialiased bilinear resize). It returns ``score`` (B,) and ``map`` (B, 1, N, N)
 outputs, so the thresholds of :mod:`msacl.calibrate` apply unchanged (they are written beside the graph).
 The batch axis is dynamic.
 
-Graphs are traced (``torch.jit.trace``; ONNX through torch's TorchScript-based exporter), so the Python
-checks a detector's ``predict`` makes on its input run once, at export, and the graph holds only tensor
-operations. Where ``predict`` is written for speed in ways a trace cannot keep (PaDiM writes its features
-into slices of one buffer; PatchCore searches its memory bank in input-sized chunks), :class:`PadimGraph`
-and :class:`PatchCoreGraph` restate the same computation in plain tensor operations. Every export is checked
-against the detector itself on the run's own images (:func:`parity`) and refused when they disagree.
+The graph is the detector's own scoring module (``det.scorer()``: ``predict_images``, the computation
+``predict`` runs after checking, moving and resizing its input), traced (``torch.jit.trace``; ONNX through
+torch's TorchScript-based exporter), so no second copy of the scoring maths exists. Every export is checked
+against ``det.predict`` on the run's own images (:func:`parity`) and refused when they disagree.
 
-Not exportable: PatchCore with ``reweight=true`` (the re-weighting's second nearest-neighbour search over the
-bank is not restated here) and the local (patch) models of IGD, F-anoGAN, the MS-SSIM auto-encoder and the DAE
-(``local=true``: patches are cut in chunks sized at trace time). Detectors added later are traced through
-``predict_images`` / ``predict`` and kept only if the parity check passes.
+Not exportable: CAVGA (its maps are Grad-CAM, computed by autograd while scoring) and the local (patch) models
+of IGD, F-anoGAN, the MS-SSIM auto-encoder and the DAE (``local=true``: patches are cut in chunks sized at
+trace time). Detectors without a ``predict_images`` are
+traced through ``predict`` and kept only if the parity check passes.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from msacl.errors import MsaclError
@@ -42,107 +39,18 @@ PARITY_TARGET = 1e-4
 PARITY_LIMIT = 1e-2
 
 
-class PadimGraph(nn.Module):
-    """PaDiM's ``predict`` in plain tensor operations: features, Mahalanobis distance, smoothing, maximum."""
-
-    def __init__(self, det: Any):
-        super().__init__()
-        from msacl.detectors.common import _axis_operator
-        from msacl.models.features import fold_batchnorm
-
-        self.encoder = fold_batchnorm(det.encoder)
-        self.strides = list(det.strides)
-        self.grid = int(det.grid)
-        idx, offset, self.layers = det.channel_index, 0, []
-        for i, (layer, c) in enumerate(zip(det.strides, det.layer_channels, strict=True)):
-            sel = idx[(idx >= offset) & (idx < offset + c)] - offset
-            offset += c
-            if sel.numel():
-                self.register_buffer(f"sel{i}", sel.clone())
-                self.layers.append((layer, f"sel{i}"))
-        self.register_buffer("mean_t", det.mean.t().unsqueeze(1).clone())  # (P, 1, d)
-        self.register_buffer("inv_cov", det.inv_cov.clone())
-        size = int(det.image_size)
-        self.register_buffer("a_h", _axis_operator(self.grid, size, float(det.sigma)).float())
-        self.register_buffer("a_w_t", _axis_operator(self.grid, size, float(det.sigma)).float().T.contiguous())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.encoder.features(x, self.strides)
-        g = self.grid
-        parts = [F.interpolate(feats[layer].index_select(1, getattr(self, name)), size=(g, g), mode="nearest")
-                 for layer, name in self.layers]
-        e = torch.cat(parts, 1).flatten(2).permute(2, 0, 1)  # (P, B, d)
-        delta = e - self.mean_t
-        d2 = (torch.bmm(delta, self.inv_cov) * delta).sum(-1)  # (P, B)
-        patch = d2.clamp_min(0).sqrt().t().reshape(-1, g, g)
-        maps = torch.matmul(torch.matmul(self.a_h, patch), self.a_w_t).unsqueeze(1)
-        return maps.flatten(1).amax(1), maps
-
-
-class PatchCoreGraph(nn.Module):
-    """PatchCore's ``predict`` (without re-weighting) with one nearest-neighbour search over the whole bank."""
-
-    def __init__(self, det: Any):
-        super().__init__()
-        from msacl.detectors.common import _axis_operator
-        from msacl.models.features import fold_batchnorm
-
-        if det.options.reweight:
-            raise MsaclError("patchcore with reweight=true cannot be exported (its second nearest-neighbour "
-                             "search over the bank is not restated for export)")
-        self.encoder = fold_batchnorm(det.encoder)
-        self.pool = det.pool
-        self.strides = list(det.strides)
-        self.register_buffer("bank", det.memory_bank.clone())
-        self.register_buffer("bank_sq", (det.memory_bank**2).sum(1).unsqueeze(0).clone())
-        size = int(det.image_size)
-        with torch.no_grad():
-            probe = det.embed(torch.zeros(1, det.encoder.mean.shape[1], size, size, device=det.memory_bank.device))
-        self.h, self.w = (int(v) for v in probe.shape[-2:])
-        self.register_buffer("a_h", _axis_operator(self.h, size, float(det.options.sigma)).float())
-        self.register_buffer("a_w_t", _axis_operator(self.w, size, float(det.options.sigma)).float().T.contiguous())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.encoder.features(x, self.strides)
-        parts = [F.interpolate(self.pool(feats[layer]), size=(self.h, self.w), mode="bilinear", align_corners=False)
-                 for layer in self.strides]
-        e = torch.cat(parts, 1)
-        dim = e.shape[1]
-        q = e.permute(0, 2, 3, 1).reshape(-1, dim)
-        # Nearest entry by the expanded squared distance (as torch.cdist does), then its distance computed
-        # directly, as PatchCore.predict does, since the expansion loses precision for near-identical vectors.
-        d2 = (q * q).sum(1, keepdim=True) - 2 * torch.matmul(q, self.bank.t()) + self.bank_sq
-        nn_idx = d2.argmin(1)
-        dist = torch.linalg.vector_norm(q - self.bank.index_select(0, nn_idx), dim=1)
-        patch = dist.reshape(-1, self.h, self.w)
-        maps = torch.matmul(torch.matmul(self.a_h, patch), self.a_w_t).unsqueeze(1)
-        return maps.flatten(1).amax(1), maps
-
-
-class PredictGraph(nn.Module):
-    """Any other detector, traced through ``predict_images`` (no device moves or input checks) or ``predict``."""
-
-    def __init__(self, det: Any):
-        super().__init__()
-        if getattr(det, "local", None) is not None:
-            raise MsaclError(f"{det.name} with local=true cannot be exported (its patch grid is cut in chunks "
-                             "whose sizes a trace would freeze)")
-        self.det = det
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fn = getattr(self.det, "predict_images", None) or self.det.predict
-        s, m = fn(x)
-        return s, m
-
-
-GRAPHS = {"padim": PadimGraph, "patchcore": PatchCoreGraph}
-
-
 def detector_graph(det: Any) -> nn.Module:
-    """The export module of a detector (eval mode, no gradients)."""
-    det = det.eval()
-    graph = GRAPHS.get(det.name, PredictGraph)(det)
-    return graph.eval().requires_grad_(False)
+    """The module to export: the detector's own scoring module (:meth:`msacl.detectors.Detector.scorer`).
+
+    Raises:
+        MsaclError: the detector scores in a way a trace cannot keep (CAVGA, the local patch models).
+    """
+    if det.not_exportable:
+        raise MsaclError(f"{det.name} cannot be exported: {det.not_exportable}")
+    if getattr(det, "local", None) is not None:
+        raise MsaclError(f"{det.name} with local=true cannot be exported (its patch grid is cut in chunks "
+                         "whose sizes a trace would freeze)")
+    return det.scorer()
 
 
 def export_graph(graph: nn.Module, example: torch.Tensor, path: Path, fmt: str) -> Path:

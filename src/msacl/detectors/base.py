@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from msacl.config import ConfigError
+from msacl.detectors.common import resize_square
 from msacl.detectors.options import DetectorOptions, make_options
 from msacl.errors import CheckpointError, MsaclError
 from msacl.models.encoders import IMAGENET
@@ -63,6 +65,8 @@ class Detector(nn.Module):
 
     name: ClassVar[str] = "detector"
     Options: ClassVar[type[DetectorOptions]] = DetectorOptions
+    # why `msacl export` cannot trace the scoring module (None: it can)
+    not_exportable: ClassVar[str | None] = None
 
     def __init__(self, options: DetectorOptions | None = None, /, **kwargs: Any):
         super().__init__()
@@ -80,8 +84,32 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); larger means more anomalous."""
+        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); larger means more anomalous.
+
+        Detectors with a :meth:`predict_images` check ``x``, move it to their device, resize it and run that.
+        """
         raise NotImplementedError
+
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scoring computation alone: checked images at the detector's size, on its device, in; scores
+        (B,) and maps (B, 1, N, N) out; tensor operations only, so that a trace of it is the exported graph
+        (:meth:`scorer`). Detectors without one are scored and traced through :meth:`predict`."""
+        raise NotImplementedError
+
+    def predict_resized(self, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_images` on ``x`` resized to the detector's ``image_size`` (antialiased bilinear), the
+        maps resized back to ``x``'s size; the scores are those of the resized images, whatever the input size.
+        Shape: (B, C, H, W) -> (B,), (B, 1, H, W)."""
+        size = int(self.options.image_size)
+        scores, maps = self.predict_images(resize_square(x.to(device), size))
+        if tuple(x.shape[-2:]) != (size, size):
+            maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+        return scores, maps
+
+    def scorer(self) -> nn.Module:
+        """The scoring module: images in, ``(scores, maps)`` out, what ``predict`` runs and ``msacl export``
+        traces into ONNX / TorchScript (:mod:`msacl.export`); it puts the detector in eval mode."""
+        return Scorer(self.eval())
 
     def encoder_parts(self) -> dict[str, nn.Module]:
         """The encoders whose weights can be loaded: ``{"global": ...}`` plus ``"local"`` for two-scale models."""
@@ -128,6 +156,21 @@ class Detector(nn.Module):
         except RuntimeError as e:
             raise CheckpointError(f"{path}: state does not fit a {obj['detector']} detector: {e}") from None
         return det
+
+
+class Scorer(nn.Module):
+    """A detector's scoring computation as a module of its own (see :meth:`Detector.scorer`)."""
+
+    def __init__(self, det: Detector):
+        super().__init__()
+        self.det = det
+        # predict_images where the detector has one (a subclass's override), else predict
+        own = type(det).predict_images is not Detector.predict_images
+        self.fn = det.predict_images if own else det.predict
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, maps = self.fn(x)
+        return scores, maps
 
 
 def encoder_file(path: str | Path) -> Path:

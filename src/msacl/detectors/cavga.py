@@ -134,6 +134,7 @@ class CAVGA(NetworkDetector):
     """
 
     Options: ClassVar[type[CAVGAOptions]] = CAVGAOptions
+    not_exportable = "its maps are Grad-CAM, computed by autograd during scoring, which a trace cannot record"
     options: CAVGAOptions
 
     def build_nets(self) -> None:

@@ -58,7 +58,8 @@ def _mahalanobis_positions(x: torch.Tensor, mean: torch.Tensor, inv_cov: torch.T
     """Eq. 12 on position-major features. Shape: x (P, B, D), mean (D, P), inv_cov (P, D, D) -> (B, P)."""
     # One pass writes the centred features contiguously as (P, B, D), the layout of the batched GEMM.
     delta = torch.sub(x, mean.t().unsqueeze(1))
-    d2 = torch.linalg.vecdot(torch.bmm(delta, inv_cov), delta)  # (P, B)
+    # a product and a sum rather than linalg.vecdot, which ONNX (opset 17) cannot express
+    d2 = (torch.bmm(delta, inv_cov) * delta).sum(-1)  # (P, B)
     # Rounding can push a distance of ~0 slightly below zero; sqrt would give NaN.
     return d2.clamp_min_(0).sqrt_().t()
 
@@ -145,33 +146,25 @@ class Padim(Detector):
     def _positions(self, x: torch.Tensor) -> torch.Tensor:
         """``embed`` laid out position-major, as the per-position GEMMs of fit and predict read it.
 
-        Channels are selected before upsampling (same result as concatenating first, far less memory), and each
-        layer is written once, straight into its slice of the output: the encoder runs channels-last, so its
-        maps already are (B, h, w, C) in memory and no transposing copy is needed.
+        Channels are selected before upsampling (same result as concatenating first, far less memory); the
+        layers are joined channels-last, which is how the encoder's maps already lie in memory, and one copy
+        lays them out position-major. Tensor operations only, so that a trace of it exports.
 
         Shape: (B, C, S, S) -> (P, B, d), contiguous.
         """
         feats = self._features(self.encoder, x, self.strides)
-        b, _, h0, w0 = feats[self.strides[0]].shape
-        out = torch.empty(h0, w0, b, self.n_features, dtype=feats[self.strides[0]].dtype, device=x.device)
-        offset, col = 0, 0
+        h0, w0 = feats[self.strides[0]].shape[-2:]
+        parts, offset = [], 0
         for layer, c in zip(self.strides, self.layer_channels, strict=True):
             sel = self.channel_index[(self.channel_index >= offset) & (self.channel_index < offset + c)] - offset
             offset += c
-            k = sel.numel()
-            if k == 0:
+            if sel.numel() == 0:
                 continue
             f = feats[layer].index_select(1, sel)  # (B, k, h, w)
-            h, w = f.shape[-2:]
-            if h0 % h == 0 and w0 % w == 0:
-                # Nearest-neighbour upsampling by an integer factor is a broadcast into (h, s, w, s) blocks.
-                dst = out.view(h, h0 // h, w, w0 // w, b, -1)[..., col : col + k]
-                dst.copy_(f.permute(2, 3, 0, 1)[:, None, :, None])
-            else:
-                up = F.interpolate(f, size=(h0, w0), mode="nearest")
-                out[..., col : col + k] = up.permute(2, 3, 0, 1)
-            col += k
-        return out.view(h0 * w0, b, -1)
+            if f.shape[-2:] != (h0, w0):
+                f = F.interpolate(f, size=(h0, w0), mode="nearest")
+            parts.append(f.permute(2, 3, 0, 1))  # (h0, w0, B, k): a view of the channels-last map
+        return torch.cat(parts, -1).reshape(h0 * w0, x.shape[0], -1)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor], *, generator: torch.Generator | None = None,
@@ -220,14 +213,22 @@ class Padim(Detector):
         self._check_fitted()
         check_images(x, "padim.predict")
         self.encoder.eval()
-        e = self._positions(resize_square(x.to(self.mean.device), self.image_size))
+        return self._grid_scores(resize_square(x.to(self.mean.device), self.image_size))
+
+    def _grid_scores(self, x: torch.Tensor) -> torch.Tensor:
+        e = self._positions(x)
         return _mahalanobis_positions(e, self.mean, self.inv_cov).reshape(-1, self.grid, self.grid)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); images are resized to ``image_size`` first."""
-        in_size = tuple(x.shape[-2:])
-        maps = to_image_map(self.patch_scores(x), (self.image_size, self.image_size), self.sigma)
-        if in_size != (self.image_size, self.image_size):
-            maps = F.interpolate(maps, size=in_size, mode="bilinear", align_corners=False)
+        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W) (:meth:`predict_resized`)."""
+        self._check_fitted()
+        check_images(x, "padim.predict")
+        self.encoder.eval()
+        return self.predict_resized(x, self.mean.device)
+
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 12 at every position of the finest tap's grid, upsampled and smoothed into the pixel map; the
+        image score is its maximum. Shape: (B, C, N, N) -> (B,), (B, 1, N, N)."""
+        maps = to_image_map(self._grid_scores(x), (self.image_size, self.image_size), self.sigma)
         return maps.flatten(1).amax(1), maps

@@ -107,13 +107,15 @@ def greedy_coreset(features: torch.Tensor, n: int, *, generator: torch.Generator
 
 
 def nearest_neighbour(queries: torch.Tensor, bank: torch.Tensor, *, k: int = 1,
-                      chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distance to the k nearest memory-bank entries, in chunks of queries (bounded memory).
+                      chunk_size: int | None = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance to the k nearest memory-bank entries, in chunks of queries (bounded memory; None:
+    one search, as under a trace, which would freeze the number of chunks).
 
     Shape: queries (Q, D), bank (M, D) -> distances (Q, k), indices (Q, k), nearest first.
     """
     dists, idxs = [], []
-    for q in queries.split(chunk_size):
+    one = chunk_size is None or torch.jit.is_tracing()
+    for q in [queries] if one else queries.split(chunk_size):
         d = torch.cdist(q, bank)
         _, i = d.topk(k, dim=1, largest=False) if k > 1 else d.min(1, keepdim=True)
         # cdist expands |a - b|^2 through a matrix product, whose cancellation errors grow to ~1e-2 for
@@ -212,20 +214,23 @@ class PatchCore(Detector):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W); images are resized to ``image_size`` first."""
+        """Shape: (N, C, H, W) -> scores (N,), maps (N, 1, H, W) (:meth:`predict_resized`)."""
         if int(self.n_train) == 0:
             raise MsaclError("patchcore: predict called before fit (empty memory bank)")
         check_images(x, "patchcore.predict")
         self.encoder.eval()
-        in_size = tuple(x.shape[-2:])
-        e = self.embed(resize_square(x.to(self.memory_bank.device), self.image_size))
+        return self.predict_resized(x, self.memory_bank.device)
+
+    def predict_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's distance to its nearest memory-bank entry, upsampled and smoothed into the pixel map;
+        the image score is its maximum (times the re-weighting with ``reweight``).
+        Shape: (B, C, N, N) -> (B,), (B, 1, N, N)."""
+        e = self.embed(x)
         b, dim, h, w = e.shape
         q = e.permute(0, 2, 3, 1).reshape(-1, dim)
         dist, nn_idx = nearest_neighbour(q, self.memory_bank)
         patch = dist[:, 0].view(b, h, w)
         maps = to_image_map(patch, (self.image_size, self.image_size), self.options.sigma)
-        if in_size != (self.image_size, self.image_size):
-            maps = F.interpolate(maps, size=in_size, mode="bilinear", align_corners=False)
         scores = maps.flatten(1).amax(1)
         if self.options.reweight:
             scores = scores * self.reweighting(q.view(b, h * w, dim), dist[:, 0].view(b, -1),
