@@ -16,10 +16,10 @@ from msacl.errors import CheckpointError
 
 
 def test_options_object_and_keywords_build_the_same_detector():
-    by_keywords = Padim(backbone="resnet18", image_size=64, n_features=20, strides=["layer1", 16])
+    by_keywords = Padim(backbone="resnet18", image_size=64, n_features=20, strides=["4", 16])
     by_options = Padim(PadimOptions(backbone="resnet18", image_size=64, n_features=20, strides=[4, 16]))
     assert by_keywords.config == by_options.config
-    assert by_keywords.options.strides == [4, 16]  # layer names are resolved to strides once, in the options
+    assert by_keywords.options.strides == [4, 16]  # taps are resolved to strides once, in the options
     # keywords override an options object's fields
     assert Padim(PadimOptions(image_size=64, n_features=20), n_features=30).options.n_features == 30
     assert build_detector("padim", PadimOptions(image_size=64), eps=0.5).config["eps"] == 0.5

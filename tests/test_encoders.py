@@ -29,9 +29,9 @@ def test_feature_shapes_and_channels_by_stride():
     assert {k: tuple(v.shape) for k, v in feats.items()} == {4: (2, 64, 16, 16), 8: (2, 128, 8, 8), 16: (2, 256, 4, 4)}
     assert [enc.channels(s) for s in (4, 8, 16)] == [64, 128, 256]
     assert enc(torch.rand(2, 1, 64, 64)).shape == (2, 512)
-    # ResNet layer names are aliases of the strides
-    alias = enc.features(torch.rand(1, 3, 64, 64), ("layer2",))
-    assert list(alias) == [8] and enc.channels("layer3") == 256
+    # taps are strides; a layer name is refused with the strides it stands for
+    with pytest.raises(BackboneError, match=r"ResNet's layer1-layer4 are strides 4-32"):
+        enc.features(torch.rand(1, 3, 64, 64), ("layer2",))
 
 
 def test_lite0_taps_match_timm_features_only():

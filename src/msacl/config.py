@@ -8,9 +8,9 @@ fully described by the resolved config it writes into its run directory.
 >>> @dataclass
 ... class Opt:
 ...     lr: float = 0.01
-...     layers: list[str] = field(default_factory=lambda: ["layer1"])
->>> apply_overrides(Opt(), ["lr=0.1", "layers=[layer2, layer3]"])
-Opt(lr=0.1, layers=['layer2', 'layer3'])
+...     names: list[str] = field(default_factory=lambda: ["a"])
+>>> apply_overrides(Opt(), ["lr=0.1", "names=[b, c]"])
+Opt(lr=0.1, names=['b', 'c'])
 """
 
 from __future__ import annotations
@@ -115,10 +115,6 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
     """Build ``cls`` from a mapping, checking every key and type; unknown keys are an error."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    # Renamed settings (a class's ``ALIASES``, old name -> new) still read from older config files.
-    for old, new in getattr(cls, "ALIASES", {}).items():
-        if old in data and new not in data:
-            data = {(new if k == old else k): v for k, v in data.items()}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(
@@ -171,13 +167,10 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         # A free-form mapping (a dict[str, ...] field such as keyword arguments) takes new keys; the consumer
         # of the mapping checks them.
         free = typing.get_origin(tp) is dict
-        if isinstance(tp, type) and parts[-1] in getattr(tp, "ALIASES", {}):
-            pass  # an old name of a setting: written under its new name below
-        elif not isinstance(node, dict) or (parts[-1] not in node and not free):
+        if not isinstance(node, dict) or (parts[-1] not in node and not free):
             valid = sorted(node) if isinstance(node, dict) else []
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; valid keys are {valid}")
-        leaf = getattr(tp, "ALIASES", {}).get(parts[-1], parts[-1]) if isinstance(tp, type) else parts[-1]
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return from_dict(type(cfg), data)
 
 

@@ -39,7 +39,6 @@ TORCHVISION = TORCHVISION_BACKBONES
 STRIDES = (4, 8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LAYER_ALIASES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 """ResNet layer names accepted wherever a stride is (older configs and anomalib users write them)."""
 
 _RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
@@ -145,15 +144,13 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 def as_stride(tap: int | str) -> int:
-    """A stride from a stride or a ResNet layer name (``4`` or ``"layer1"``)."""
-    if isinstance(tap, str):
-        if tap in LAYER_ALIASES:
-            return LAYER_ALIASES[tap]
-        if tap.isdigit():
-            tap = int(tap)
+    """A stride (``4`` or ``"4"``): taps are named by their stride, the same for every backbone."""
+    if isinstance(tap, str) and tap.isdigit():
+        tap = int(tap)
     if isinstance(tap, int) and not isinstance(tap, bool) and tap in STRIDES:
         return tap
-    raise BackboneError(f"feature tap {tap!r}: choose strides from {list(STRIDES)} (or ResNet names layer1-layer4)")
+    raise BackboneError(f"feature tap {tap!r}: choose strides from {list(STRIDES)} "
+                        "(ResNet's layer1-layer4 are strides 4-32)")
 
 
 def check_strides(taps: Sequence[int | str], spec: BackboneSpec | None = None) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from msacl.augment.weak import WeakConfig
 from msacl.config import ConfigError
@@ -27,8 +27,6 @@ DEFAULT_STRONG = {"msacl": "medmix", "ccd": "permutation", "rotnet": "rotation",
 class ModelOptions:
     """Encoder f_theta = backbone + MLP projection head into Z (MSACL Sec. 4.2: ResNet-18, Z = 128; both papers
     start from ImageNet weights: ``init="imagenet"``)."""
-
-    ALIASES: ClassVar[dict[str, str]] = {"arch": "backbone"}
 
     backbone: str = "resnet18"  # a torchvision ResNet or any timm CNN with feature taps (msacl.models.backbones)
     init: str | None = None  # "imagenet", a weights file (e.g. an encoder.pt), or None: random init
