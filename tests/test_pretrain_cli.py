@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
+import pytest
 import torch
 import torchvision
 import yaml
@@ -138,3 +140,19 @@ def test_cli_warnings_are_one_line_without_source_paths(capsys):
     main(["bench", "--plan", "--data", "kvasir_seg_patch128", "--tables", "fig6_right", "--seeds", "1"])
     text = warnings.formatwarning(DataWarning("a\nb  c"), DataWarning, "/x/y.py", 7)
     assert text == "warning (DataWarning): a b c\n"
+
+
+def test_every_verb_takes_the_same_device_flag():
+    """One device vocabulary: --device, default auto, on every verb that computes; cuda:1 for Fabric."""
+    from msacl.cli.common import fabric_device
+    from msacl.cli.main import build_parser
+    from msacl.errors import MsaclError
+
+    parser = build_parser()
+    for verb in ("pretrain", "fit", "test", "predict", "serve", "bench"):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+        device = next(a for a in sub._actions if a.dest == "device")
+        assert "--device" in device.option_strings and device.default == "auto", verb
+    assert fabric_device("cuda:1", "1") == ("cuda", "[1]") and fabric_device("auto", "2") == ("auto", "2")
+    with pytest.raises(MsaclError, match="give --device cuda --devices 2"):
+        fabric_device("cuda:1", "2")

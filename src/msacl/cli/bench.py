@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from msacl.cli.common import info
+from msacl.cli.common import add_device, info
 from msacl.errors import MsaclError
 from msacl.names import LITE0
 
@@ -53,7 +53,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                    help="encoder backbone of every row (default: the profile's; cpu: resnet18 when its ImageNet "
                         "weights can be had, else tf_efficientnet_lite0)")
     p.add_argument("--out", default="runs/bench", metavar="DIR", help="output folder (default: runs/bench)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    add_device(p)
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="independent grid jobs side by side in N processes (CPU: the cores split between them; "
                         "several GPUs: one per device); default: one per GPU, or 2 on a CPU with 2 or more cores "

@@ -122,12 +122,33 @@ def backbone_for(given: str | None, weights: str | Path | None) -> str | None:
     return file_backbone(encoder_file(weights))
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--accelerator", default="auto", help="cpu, cuda, mps or auto (default: auto)")
-    p.add_argument("--devices", default="1", help="number of devices, or a list such as 0,1 (default: 1)")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (default: 1)")
-    p.add_argument("--precision", default="32-true",
-                   help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: 32-true)")
+DEVICE_HELP = "cpu, cuda, cuda:1, mps or auto (default: auto, the first GPU where there is one, else the CPU)"
+
+
+def add_device(p: argparse.ArgumentParser, *, distributed: bool = False) -> None:
+    """``--device``, the same flag with the same values for every verb; with ``distributed`` (pre-training on
+    Lightning Fabric) also ``--devices``, ``--num-nodes`` and ``--precision``, and ``--accelerator``, Lightning's
+    name of ``--device``."""
+    names = ("--device", "--accelerator") if distributed else ("--device",)
+    p.add_argument(*names, dest="device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    if distributed:
+        p.add_argument("--devices", default="1", help="number of devices, or a list such as 0,1 (default: 1)")
+        p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (default: 1)")
+        p.add_argument("--precision", default="32-true",
+                       help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: 32-true)")
+
+
+def fabric_device(device: str, devices: str) -> tuple[str, str]:
+    """``--device`` and ``--devices`` as Lightning's accelerator and devices: ``cuda:1`` is accelerator
+    ``cuda`` on device ``[1]`` (then ``--devices`` must be left at 1)."""
+    kind, _, index = device.partition(":")
+    if not index:
+        return device, devices
+    if devices != "1":
+        from msacl.errors import MsaclError
+
+        raise MsaclError(f"--device {device} names one device; give --device {kind} --devices {devices} instead")
+    return kind, f"[{index}]"
 
 
 def info(msg: str) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from msacl.cli.common import (
     add_backbone,
     add_data,
+    add_device,
     add_fpr,
     add_seed,
     backbone_for,
@@ -83,7 +84,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.1, metavar="FRAC",
                    help="fraction of train/normal held out to set the IoU/Dice threshold when the data "
                         "has no val/ with masks (default 0.1; 0 = none)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    add_device(p)
     p.add_argument("--force", action="store_true", help="overwrite a run directory that has a detector")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fit from RUN/fit_checkpoint.pt, written at the end of every "

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from msacl.cli.common import add_fpr, add_input_limits, info, input_limits, positive_int
+from msacl.cli.common import add_device, add_fpr, add_input_limits, info, input_limits, positive_int
 from msacl.errors import DataError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                    help="an image (PNG, JPEG, TIFF, BMP, DICOM) or a folder of them (searched recursively)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for heat maps and scores.csv")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per batch (default 32)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    add_device(p)
     add_fpr(p)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="error",
                    help="stop at the first unreadable or unsuitable file (default) or skip it and list it in "

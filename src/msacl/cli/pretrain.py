@@ -13,6 +13,7 @@ from msacl.cli.common import (
     add_device,
     add_seed,
     backbone_for,
+    fabric_device,
     info,
     positive_int,
     report_skipped,
@@ -32,7 +33,7 @@ examples:
   msacl pretrain --method ccd --strong permutation --scope local --data DIR --out runs/ccd-local
   msacl pretrain --resume runs/msacl                                        # continue a stopped run
   msacl pretrain --resume runs/msacl --epochs 400                           # ... and train it longer
-  msacl pretrain --method msacl --data DIR --out runs/ddp --accelerator cuda --devices 4 --precision bf16-mixed
+  msacl pretrain --method msacl --data DIR --out runs/ddp --device cuda --devices 4 --precision bf16-mixed
   msacl pretrain --method msacl --set loss.alpha=1 --set optim.lr=0.05 --print-config
 
 outputs in --out: encoder.pt (the backbone's torchvision / timm state dict, loads with strict=True into
@@ -67,7 +68,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     add_seed(p)
     p.set_defaults(seed=None)  # None keeps the config file's seed (0 by default)
     add_config(p)
-    add_device(p)
+    add_device(p, distributed=True)
 
 
 # Settings a resumed run may change; every other one is the run's own.
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from msacl.errors import DataError
     from msacl.pretrain import make_fabric, pretrain
 
-    fabric = make_fabric(args.accelerator, args.devices, args.num_nodes, args.precision)
+    fabric = make_fabric(*fabric_device(args.device, args.devices), args.num_nodes, args.precision)
     fabric.launch()
     d = cfg.data
     opts = dict(image_size=d.image_size, channels=d.channels, layout=d.layout, on_bad_file=d.on_bad_file,

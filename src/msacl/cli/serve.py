@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import os
 
-from msacl.cli.common import add_fpr, add_input_limits, info, input_limits, positive_int
+from msacl.cli.common import add_device, add_fpr, add_input_limits, info, input_limits, positive_int
 
 KEY_ENV = "MSACL_API_KEY"
 
@@ -35,7 +35,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
                    help="address to listen on (default 127.0.0.1: only this machine can connect)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_fpr(p)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    add_device(p)
     p.add_argument("--max-upload-mb", type=float, default=50.0, metavar="MB",
                    help="largest upload accepted; larger ones get 413 (default 50)")
     add_input_limits(p)
@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise MsaclError("msacl serve needs FastAPI and uvicorn: pip install 'msacl[serve]'") from None
-    app = create_app(args.run, fpr=args.fpr, device=args.device, convert_channels=args.convert_channels,
+    from msacl.pipeline import resolve_device
+
+    device = str(resolve_device(args.device))
+    app = create_app(args.run, fpr=args.fpr, device=device, convert_channels=args.convert_channels,
                      max_bytes=int(args.max_upload_mb * 1024 * 1024), limits=input_limits(args),
                      timeout_s=args.timeout, api_key=key, max_batch=args.max_batch)
     warning = exposure_warning(args.host, args.port, key)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msacl.cli.common import add_data, add_fpr, add_seed, info, positive_int, report_skipped, write_csv
+from msacl.cli.common import add_data, add_device, add_fpr, add_seed, info, positive_int, report_skipped, write_csv
 from msacl.errors import DataError, MsaclError
 from msacl.records import Metrics
 
@@ -40,7 +40,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.set_defaults(channels=None, layout=None)
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                    help="images per batch (default 32)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
+    add_device(p)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fpr(p)
