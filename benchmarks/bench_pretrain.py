@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="training images per step (default: 32)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default: 2)")
-    p.add_argument("--accelerator", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", "--accelerator", dest="device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = p.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    accel = a.accelerator
+    accel = a.device
     if accel == "auto":
         accel = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device("cuda" if accel in ("cuda", "gpu") else "cpu")
