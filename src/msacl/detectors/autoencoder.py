@@ -17,6 +17,7 @@ denoising auto-encoder baseline (DAE, MSACL Table 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
 from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
-from msacl.detectors.options import DAEOptions, MSSSIMOptions
+from msacl.detectors.options import BlurOptions, TwoScaleOptions, check_positive
 from msacl.detectors.training import randn
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import LatentAutoencoder
@@ -103,6 +104,24 @@ _SHARED_ARGS = """
             ``patches_per_image`` random patches per image per step; nu weighs global against local.
         epochs, batch_size, lr: Adam training (defaults ours).
         width: decoder width. init_seed: seed of the construction-time initialisation."""
+
+
+
+@dataclass
+class MSSSIMOptions(TwoScaleOptions):
+    """MS-SSIM auto-encoder (see ``msacl.detectors.autoencoder.MSSSIMAutoencoder``)."""
+
+
+@dataclass
+class DAEOptions(TwoScaleOptions, BlurOptions):
+    """Denoising auto-encoder (see ``msacl.detectors.autoencoder.DAE``): ``noise_std`` of the training noise,
+    ``blur_sigma`` of the map."""
+
+    noise_std: float = 0.1
+
+    def check(self) -> None:
+        super().check()
+        check_positive("noise_std", self.noise_std, minimum=0)
 
 
 @register("msssim_ae")

@@ -31,17 +31,19 @@ D is msacl's ``Critic`` and the decoder a stack of nearest up-sampling + 3 x 3 c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msacl.config import ConfigError
 from msacl.detectors.base import register
 from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.network import NetworkDetector
 from msacl.detectors.ocgan import bce
-from msacl.detectors.options import CAVGAOptions
+from msacl.detectors.options import NetworkOptions
 from msacl.detectors.training import randn
 from msacl.models.decoders import Critic
 from msacl.models.encoders import Encoder
@@ -119,6 +121,22 @@ class CAVGANet(nn.Module):
         """Shape: (B, C, H, W) -> features F (B, C_f, h, w), mu and logvar (B, d, h, w)."""
         f = self.encoder.features(x, (self.stride,))[self.stride]
         return f, self.mu(f), self.logvar(f)
+
+
+
+@dataclass
+class CAVGAOptions(NetworkOptions):
+    """CAVGA-R_u (see ``msacl.detectors.cavga.CAVGA``)."""
+
+    latent_stride: int = 16
+    w_vae: float = 1.0
+    w_adv: float = 1.0
+    w_ae: float = 0.01
+
+    def check(self) -> None:
+        super().check()
+        if self.latent_stride not in (8, 16, 32):
+            raise ConfigError(f"latent_stride must be 8, 16 or 32, got {self.latent_stride}")
 
 
 @register("cavga")

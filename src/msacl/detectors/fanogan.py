@@ -27,6 +27,7 @@ image score becomes ``nu * s_G + (1 - nu) * mean patch s_L`` (ours).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -34,7 +35,7 @@ import torch
 from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
 from msacl.detectors.fitloop import FitLoop
-from msacl.detectors.options import FAnoGANOptions
+from msacl.detectors.options import BlurOptions, TwoScaleOptions, check_positive
 from msacl.detectors.training import rand
 from msacl.detectors.twoscale import TwoScaleDetector
 from msacl.models.decoders import Critic, LatentAutoencoder
@@ -116,6 +117,24 @@ class FAnoGANNet(LatentAutoencoder):
         """
         x_rec = self.decode(self.encode(x))
         return x, x_rec, self.critic.features(x), self.critic.features(x_rec)
+
+
+
+@dataclass
+class FAnoGANOptions(TwoScaleOptions, BlurOptions):
+    """F-anoGAN (see ``msacl.detectors.fanogan.FAnoGAN``): ``epochs`` of the encoder after ``gan_epochs`` of
+    WGAN-GP."""
+
+    gan_epochs: int = 100
+    epochs: int = 50
+    n_critic: int = 5
+    lambda_gp: float = 10.0
+    kappa: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        check_positive("gan_epochs", self.gan_epochs, minimum=0)
+        check_positive("n_critic", self.n_critic)
 
 
 @register("fanogan")

@@ -28,14 +28,16 @@ time is a signed mean (``(img - rec).mean()``), ours the MAE its training loss a
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
+from msacl.config import ConfigError
 from msacl.detectors.base import register
 from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.msssim import ms_ssim, msi_score, ssim_map
-from msacl.detectors.options import IGDOptions
+from msacl.detectors.options import FrozenEncoderOptions, TwoScaleOptions, check_unit
 from msacl.detectors.patches import extract_patches, place_patch_maps
 from msacl.detectors.training import rand, randperm
 from msacl.detectors.twoscale import TwoScaleDetector
@@ -184,6 +186,33 @@ class IGDNet(LatentAutoencoder):
 
 def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).abs().flatten(1).mean(1)
+
+
+
+@dataclass
+class IGDOptions(TwoScaleOptions, FrozenEncoderOptions):
+    """IGD (see ``msacl.detectors.igd.IGD`` for every setting)."""
+
+    epochs: int = 256
+    rho: float = 0.15
+    xi: float = 0.9
+    w_rec: float = 1.0
+    w_gauss: float = 1.0
+    w_interp: float = 0.1
+    gamma: float = 0.2
+    freeze_encoder: bool = False
+    scoring: Literal["released", "paper"] = "released"
+    xi_global: float = 0.1
+    xi_local: float = 0.9
+    beta: float = 0.5
+
+    def check(self) -> None:
+        super().check()
+        for key in ("rho", "xi", "gamma", "xi_global", "xi_local", "beta"):
+            check_unit(key, getattr(self, key))
+        if self.bn_stats == "train" and not self.freeze_encoder:
+            raise ConfigError("bn_stats=train needs freeze_encoder=true: an encoder IGD trains keeps "
+                              "re-estimating its statistics during training")
 
 
 @register("igd")

@@ -34,6 +34,7 @@ discriminators and C are msacl's ``Critic`` (strided convolutions, no normalisat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -44,7 +45,7 @@ from msacl.detectors.base import register
 from msacl.detectors.common import gaussian_blur
 from msacl.detectors.fitloop import FitLoop
 from msacl.detectors.network import NetworkDetector
-from msacl.detectors.options import OCGANOptions
+from msacl.detectors.options import BlurOptions, NetworkOptions, check_positive
 from msacl.detectors.training import rand, randn
 from msacl.models.decoders import Critic, LatentAutoencoder
 
@@ -125,6 +126,31 @@ class OCGANNet(nn.Module):
         self.visual = Critic(image_size, channels, width=width)
         self.latent = LatentDiscriminator(latent_dim)
         self.classifier = Critic(image_size, channels, width=width)
+
+
+
+@dataclass
+class OCGANOptions(NetworkOptions, BlurOptions):
+    """OCGAN (see ``msacl.detectors.ocgan.OCGAN``)."""
+
+    latent_dim: int = 16
+    epochs: int = 201
+    batch_size: int = 512
+    lr: float = 2e-4
+    beta1: float = 0.5
+    noise_std: float = 0.01
+    w_latent: float = 10.0
+    w_visual: float = 1.0
+    w_rec: float = 500.0
+    mining_start: int = 150
+    mining_step: float = 2.0
+    mining_steps: int = 1
+
+    def check(self) -> None:
+        super().check()
+        check_positive("mining_start", self.mining_start, minimum=0)
+        check_positive("mining_steps", self.mining_steps, minimum=0)
+        check_positive("noise_std", self.noise_std, minimum=0)
 
 
 @register("ocgan")

@@ -1,6 +1,7 @@
-"""Typed settings of every detector, as pre-training's are typed in ``msacl.pretrain.config``.
+"""Typed settings of the detectors, as pre-training's are typed in ``msacl.pretrain.config``.
 
-One dataclass per detector; the settings several detectors share are declared once, in the base classes:
+One dataclass per detector, beside its class (``PadimOptions`` in ``padim.py``, ...); the settings several
+detectors share are declared once, here, in the base classes:
 
 * ``DetectorOptions``: ``backbone``, ``image_size``;
 * ``FrozenEncoderOptions`` (PaDiM, PatchCore, PANDA, IGD): ``bn_stats``, the BatchNorm statistics of the
@@ -109,28 +110,6 @@ class FeatureOptions(FrozenEncoderOptions):
         check_positive("sigma", self.sigma, minimum=0)
 
 
-@dataclass
-class PadimOptions(FeatureOptions):
-    """PaDiM (see ``msacl.detectors.padim.Padim``)."""
-
-    strides: list[int | str] = field(default_factory=lambda: [4, 8, 16])
-    n_features: int | None = None
-    eps: float = 0.01
-
-
-@dataclass
-class PatchCoreOptions(FeatureOptions):
-    """PatchCore (see ``msacl.detectors.patchcore.PatchCore``)."""
-
-    coreset_ratio: float = 0.1
-    projection_dim: int = 128
-    reweight: bool = False
-    num_neighbors: int = 9
-
-    def check(self) -> None:
-        super().check()
-        if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
 
 
 @dataclass
@@ -162,33 +141,6 @@ class TrainedOptions(DetectorOptions):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
-@dataclass
-class PandaOptions(TrainedOptions, FrozenEncoderOptions):
-    """PANDA (see ``msacl.detectors.panda.Panda``)."""
-
-    backbone: str = "resnet152"
-    image_size: int = 224
-    epochs: int = 15
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    grad_clip: float = 1e-3
-    k: int = 2
-    regularizer: Literal["early", "ewc"] = "early"
-    ewc_lambda: float = 1e4
-    map_strides: list[int | str] = field(default_factory=lambda: [8, 16])
-    map_images: int = 50
-    map_k: int = 1
-    sigma: float = 4.0
-
-    def check(self) -> None:
-        super().check()
-        for name in ("k", "map_images", "map_k", "image_size"):
-            check_positive(name, getattr(self, name))
-        check_positive("sigma", self.sigma, minimum=0)
-        if self.grad_clip <= 0:
-            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
-
 
 @dataclass
 class NetworkOptions(TrainedOptions):
@@ -208,43 +160,6 @@ class NetworkOptions(TrainedOptions):
         check_positive("latent_dim", self.latent_dim)
 
 
-@dataclass
-class OCGANOptions(NetworkOptions, BlurOptions):
-    """OCGAN (see ``msacl.detectors.ocgan.OCGAN``)."""
-
-    latent_dim: int = 16
-    epochs: int = 201
-    batch_size: int = 512
-    lr: float = 2e-4
-    beta1: float = 0.5
-    noise_std: float = 0.01
-    w_latent: float = 10.0
-    w_visual: float = 1.0
-    w_rec: float = 500.0
-    mining_start: int = 150
-    mining_step: float = 2.0
-    mining_steps: int = 1
-
-    def check(self) -> None:
-        super().check()
-        check_positive("mining_start", self.mining_start, minimum=0)
-        check_positive("mining_steps", self.mining_steps, minimum=0)
-        check_positive("noise_std", self.noise_std, minimum=0)
-
-
-@dataclass
-class CAVGAOptions(NetworkOptions):
-    """CAVGA-R_u (see ``msacl.detectors.cavga.CAVGA``)."""
-
-    latent_stride: int = 16
-    w_vae: float = 1.0
-    w_adv: float = 1.0
-    w_ae: float = 0.01
-
-    def check(self) -> None:
-        super().check()
-        if self.latent_stride not in (8, 16, 32):
-            raise ConfigError(f"latent_stride must be 8, 16 or 32, got {self.latent_stride}")
 
 
 @dataclass
@@ -271,64 +186,8 @@ class TwoScaleOptions(NetworkOptions):
             check_positive("patches_per_image", self.patches_per_image)
 
 
-@dataclass
-class IGDOptions(TwoScaleOptions, FrozenEncoderOptions):
-    """IGD (see ``msacl.detectors.igd.IGD`` for every setting)."""
-
-    epochs: int = 256
-    rho: float = 0.15
-    xi: float = 0.9
-    w_rec: float = 1.0
-    w_gauss: float = 1.0
-    w_interp: float = 0.1
-    gamma: float = 0.2
-    freeze_encoder: bool = False
-    scoring: Literal["released", "paper"] = "released"
-    xi_global: float = 0.1
-    xi_local: float = 0.9
-    beta: float = 0.5
-
-    def check(self) -> None:
-        super().check()
-        for key in ("rho", "xi", "gamma", "xi_global", "xi_local", "beta"):
-            check_unit(key, getattr(self, key))
-        if self.bn_stats == "train" and not self.freeze_encoder:
-            raise ConfigError("bn_stats=train needs freeze_encoder=true: an encoder IGD trains keeps "
-                              "re-estimating its statistics during training")
 
 
-@dataclass
-class MSSSIMOptions(TwoScaleOptions):
-    """MS-SSIM auto-encoder (see ``msacl.detectors.autoencoder.MSSSIMAutoencoder``)."""
-
-
-@dataclass
-class DAEOptions(TwoScaleOptions, BlurOptions):
-    """Denoising auto-encoder (see ``msacl.detectors.autoencoder.DAE``): ``noise_std`` of the training noise,
-    ``blur_sigma`` of the map."""
-
-    noise_std: float = 0.1
-
-    def check(self) -> None:
-        super().check()
-        check_positive("noise_std", self.noise_std, minimum=0)
-
-
-@dataclass
-class FAnoGANOptions(TwoScaleOptions, BlurOptions):
-    """F-anoGAN (see ``msacl.detectors.fanogan.FAnoGAN``): ``epochs`` of the encoder after ``gan_epochs`` of
-    WGAN-GP."""
-
-    gan_epochs: int = 100
-    epochs: int = 50
-    n_critic: int = 5
-    lambda_gp: float = 10.0
-    kappa: float = 1.0
-
-    def check(self) -> None:
-        super().check()
-        check_positive("gan_epochs", self.gan_epochs, minimum=0)
-        check_positive("n_critic", self.n_critic)
 
 
 def make_options(cls: type[O], options: DetectorOptions | None = None, where: str = "",

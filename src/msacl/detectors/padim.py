@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
-from msacl.detectors.options import PadimOptions
+from msacl.detectors.options import FeatureOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
@@ -83,6 +84,16 @@ def gaussian_from_sums(n: int, total: torch.Tensor, outer: torch.Tensor, *, eps:
     cov = (outer - n * mu.unsqueeze(2) * mu.unsqueeze(1)) / (n - 1)
     cov += eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     return mean, cov
+
+
+
+@dataclass
+class PadimOptions(FeatureOptions):
+    """PaDiM (see ``msacl.detectors.padim.Padim``)."""
+
+    strides: list[int | str] = field(default_factory=lambda: [4, 8, 16])
+    n_features: int | None = None
+    eps: float = 0.01
 
 
 @register("padim")

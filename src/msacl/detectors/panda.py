@@ -39,15 +39,17 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
+from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
 from msacl.detectors.fitloop import CheckpointedFit, FitLoop, steps_per_epoch
-from msacl.detectors.options import PandaOptions
+from msacl.detectors.options import FrozenEncoderOptions, TrainedOptions, check_positive
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides, sequential_parts
 from msacl.models.encoders import Encoder
@@ -126,6 +128,35 @@ def adapted_parameters(encoder: Encoder) -> list[str]:
         if any(name == t or name.startswith(t + ".") for t in trained):
             out.append(name)
     return out
+
+
+
+@dataclass
+class PandaOptions(TrainedOptions, FrozenEncoderOptions):
+    """PANDA (see ``msacl.detectors.panda.Panda``)."""
+
+    backbone: str = "resnet152"
+    image_size: int = 224
+    epochs: int = 15
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    grad_clip: float = 1e-3
+    k: int = 2
+    regularizer: Literal["early", "ewc"] = "early"
+    ewc_lambda: float = 1e4
+    map_strides: list[int | str] = field(default_factory=lambda: [8, 16])
+    map_images: int = 50
+    map_k: int = 1
+    sigma: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        for name in ("k", "map_images", "map_k", "image_size"):
+            check_positive(name, getattr(self, name))
+        check_positive("sigma", self.sigma, minimum=0)
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
 
 
 @register("panda")

@@ -19,15 +19,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from msacl.config import ConfigError
 from msacl.detectors.base import Detector, register
 from msacl.detectors.common import check_images, resize_square, to_image_map
-from msacl.detectors.options import PatchCoreOptions
+from msacl.detectors.options import FeatureOptions
 from msacl.errors import DataError, MsaclError
 from msacl.models.backbones import check_strides
 from msacl.models.encoders import Encoder
@@ -123,6 +125,22 @@ def nearest_neighbour(queries: torch.Tensor, bank: torch.Tensor, *, k: int = 1,
         dists.append(torch.linalg.vector_norm(q.unsqueeze(1) - bank[i], dim=-1))
         idxs.append(i)
     return torch.cat(dists), torch.cat(idxs)
+
+
+
+@dataclass
+class PatchCoreOptions(FeatureOptions):
+    """PatchCore (see ``msacl.detectors.patchcore.PatchCore``)."""
+
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    reweight: bool = False
+    num_neighbors: int = 9
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
 
 
 @register("patchcore")
