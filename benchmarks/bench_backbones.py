@@ -41,6 +41,10 @@ REFERENCE = {
 SIZE = {"pneumoniamnist_28": 64}
 
 
+# --device and --precision (main sets them): the device of every run, the precision of pre-training
+RUN = {"device": "cpu", "precision": "32-true"}
+
+
 def padim_run(backbone: str, init: str | None, train, test, size: int, seed: int) -> dict:
     from msacl.detectors import Padim, batches
     from msacl.metrics import image_auroc, pixel_auroc
@@ -50,13 +54,14 @@ def padim_run(backbone: str, init: str | None, train, test, size: int, seed: int
         torch.manual_seed(seed)  # random init: one draw per seed
         det = Padim(backbone=backbone, image_size=size)
     det.load_encoder(init)
+    det.to(RUN["device"])
     t = time.perf_counter()
     det.fit(batches(train.images, 32), generator=make_generator(seed))
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     scores, maps = zip(*(det.predict(x) for x in batches(test.images, 32)), strict=True)
     test_s = time.perf_counter() - t
-    scores, maps = torch.cat(scores), torch.cat(maps)
+    scores, maps = torch.cat(scores).cpu(), torch.cat(maps).cpu()
     out = {"image_auroc": image_auroc(scores, test.labels), "fit_s": fit_s, "test_s": test_s}
     if test.masks is not None:
         out["pixel_auroc"] = pixel_auroc(maps, test.masks)
@@ -99,7 +104,7 @@ def pretrain_ips(backbone: str, size: int, batch: int, steps: int, warmup: int) 
     train = ImageSet(torch.rand(n, 3, size, size, generator=g), torch.zeros(n, dtype=torch.long),
                      [str(i) for i in range(n)])
     with tempfile.TemporaryDirectory() as d:
-        pretrain(cfg, train, d, fabric=make_fabric("cpu", 1, 1, "32-true"), progress=False)
+        pretrain(cfg, train, d, fabric=make_fabric(RUN["device"], 1, 1, RUN["precision"]), progress=False)
         rows = [json.loads(s) for s in (Path(d) / "log.jsonl").read_text().splitlines()][warmup:]
     return statistics.median(r["images_per_s"] for r in rows)
 
@@ -108,7 +113,8 @@ def speed(backbones: list[str], sizes: list[int], batch: int, steps: int, warmup
     from msacl.data import load_split
 
     data = DATA_ROOT / "kvasir_seg_patch128"
-    print(f"CPU, {torch.get_num_threads()} threads; MSACL batch {batch}, {steps} timed steps; PaDiM on {data.name}")
+    print(f"{RUN['device']} ({RUN['precision']}), {torch.get_num_threads()} CPU threads; MSACL batch {batch}, "
+          f"{steps} timed steps; PaDiM on {data.name}")
     print(f"{'backbone':<24} {'size':>4} {'pretrain img/s':>15} {'PaDiM fit s':>12} {'PaDiM test s':>13}")
     for size in sizes:
         train = load_split(data, "train", image_size=size)
@@ -129,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--data", nargs="+", default=list(REFERENCE))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--precision", default="32-true", help="pre-training precision: 32-true (default), bf16-mixed")
     a = p.parse_args(argv)
+    RUN.update(device=a.device, precision=a.precision)
     if a.only in (None, "speed"):
         speed(a.backbones, a.sizes, a.batch_size, a.steps, a.warmup)
     if a.only in (None, "accuracy"):

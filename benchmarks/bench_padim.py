@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def ours(data: Path, size: int, tmp: Path) -> dict:
+def ours(data: Path, size: int, tmp: Path, device: str = "cpu") -> dict:
     from msacl.data import load_split
     from msacl.detectors import Padim, batches
     from msacl.metrics import image_auroc, pixel_auroc
@@ -54,6 +54,7 @@ def ours(data: Path, size: int, tmp: Path) -> dict:
     torch.manual_seed(0)  # the encoder's random init: the same state goes to the peer
     det = Padim(image_size=size)
     torch.save(det.encoder.backbone.state_dict(), tmp / "backbone.pt")
+    det.to(device)
 
     t, c = time.perf_counter(), time.process_time()
     train = load_split(data, "train", image_size=size)
@@ -64,7 +65,7 @@ def ours(data: Path, size: int, tmp: Path) -> dict:
     t, c = time.perf_counter(), time.process_time()
     test = load_split(data, "test", image_size=size)
     scores, maps = zip(*(det.predict(x) for x in batches(test.images, 32)), strict=True)
-    scores, maps = torch.cat(scores), torch.cat(maps)
+    scores, maps = torch.cat(scores).cpu(), torch.cat(maps).cpu()
     out = {"fit_s": fit_s, "fit_cpu_s": fit_cpu, "image_AUROC": image_auroc(scores, test.labels)}
     if test.masks is not None:
         out["pixel_AUROC"] = pixel_auroc(maps, test.masks)
@@ -73,7 +74,8 @@ def ours(data: Path, size: int, tmp: Path) -> dict:
     return out
 
 
-def peer(python: str, data: Path, size: int, tmp: Path, masks: bool, timeout: int) -> dict | None:
+def peer(python: str, data: Path, size: int, tmp: Path, masks: bool, timeout: int,
+         device: str = "cpu") -> dict | None:
     if not Path(python).expanduser().is_file():
         print(f"peer python {python} not found; anomalib is not run. Set it up with:\n  {SETUP}")
         return None
@@ -81,6 +83,7 @@ def peer(python: str, data: Path, size: int, tmp: Path, masks: bool, timeout: in
            "--state-dict", str(tmp / "backbone.pt"), "--channel-index", str(tmp / "channel_index.pt")]
     if masks:
         cmd.append("--masks")
+    cmd += ["--accelerator", "gpu" if device.startswith("cuda") else "cpu"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -100,8 +103,9 @@ def compare(args: argparse.Namespace) -> None:
         tmp = Path(td)
         # Alternate the two, so a slow spell of a shared machine falls on both rather than on one.
         for _ in range(args.repeat):
-            a = ours(data, args.size, tmp)
-            b = peer(args.peer_python, data, args.size, tmp, masks="pixel_AUROC" in a, timeout=args.peer_timeout)
+            a = ours(data, args.size, tmp, args.device)
+            b = peer(args.peer_python, data, args.size, tmp, masks="pixel_AUROC" in a, timeout=args.peer_timeout,
+                     device=args.device)
             runs.append((a, b))
             if b is None:
                 break
@@ -158,6 +162,8 @@ def main() -> None:
     ap.add_argument("--memory-images", type=int, default=5000)
     ap.add_argument("--memory-size", type=int, default=256)
     ap.add_argument("--only", choices=("compare", "memory"), default=None)
+    ap.add_argument("--device", default="cpu", help="device of both detectors in the comparison: cpu (default) "
+                    "or cuda (the memory test stays on the CPU: it measures the process's peak RSS)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.only in (None, "compare"):

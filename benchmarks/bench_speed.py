@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict | None] = {
 CHILD = r"""
 import json, sys, tempfile, time, torch
 from pathlib import Path
-settings, data, size, batch, warmup, steps, threads = json.loads(sys.argv[1])
+settings, data, size, batch, warmup, steps, threads, device, precision = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 from msacl.data import load_split
 from msacl.pretrain import PretrainConfig, make_fabric, pretrain
@@ -57,7 +57,7 @@ for k, v in (settings or {}).items():
     setattr(cfg, k, v)
 with tempfile.TemporaryDirectory() as d:
     t0 = time.perf_counter()
-    pretrain(cfg, train, d, fabric=make_fabric("cpu"), progress=False)
+    pretrain(cfg, train, d, fabric=make_fabric(device, 1, 1, precision), progress=False)
     wall = time.perf_counter() - t0
     rows = [json.loads(s) for s in (Path(d) / "log.jsonl").read_text().splitlines()]
 t = {r["global_step"]: r["time_s"] for r in rows}
@@ -79,7 +79,7 @@ def source_of(commit: str, into: Path) -> Path:
 
 def run_variant(src: Path, settings: dict | None, args: argparse.Namespace) -> dict:
     payload = json.dumps([settings, str(DATA_ROOT / "kvasir_seg_patch128"), args.size, args.batch_size,
-                          args.warmup, args.steps, args.threads])
+                          args.warmup, args.steps, args.threads, args.device, args.precision])
     env = dict(os.environ, PYTHONPATH=str(src))
     out = subprocess.run([sys.executable, "-c", CHILD, payload], env=env, capture_output=True, text=True)
     if out.returncode:
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (with compile: more, see the docstring)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--precision", default="32-true", help="32-true (default), bf16-mixed")
     a = p.parse_args(argv)
     times: dict[str, list[dict]] = {v: [] for v in a.variants}
     with tempfile.TemporaryDirectory() as d:
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1} {v:<18} {res['step_s']:.3f} s/step (process {time.perf_counter() - t0:.0f} s, "
                       f"first step {res['first_step_s']:.1f} s, loss at step 1 {res['loss1']:.5f})",
                       file=sys.stderr, flush=True)
-    print(f"MSACL pre-training, Lite0 from ImageNet, {a.size} px, batch {a.batch_size}, {a.threads} threads, "
+    print(f"MSACL pre-training, Lite0 from ImageNet, {a.size} px, batch {a.batch_size}, {a.device} "
+          f"({a.precision}), {a.threads} threads, "
           f"{a.steps} timed steps after {a.warmup}, median of {a.rounds} interleaved rounds")
     ref = statistics.median(x["step_s"] for x in times[a.variants[0]])
     print(f"| variant | s/step | steps/s | vs {a.variants[0]} | first step s (incl. compile) | loss at step 1 |")

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--masks", action="store_true")
     ap.add_argument("--state-dict")
     ap.add_argument("--channel-index")
+    ap.add_argument("--accelerator", default="cpu")
     a = ap.parse_args()
     torch.manual_seed(0)
     dm = Folder(name="x", root=a.root, normal_dir="train/normal", abnormal_dir="test/abnormal",
@@ -52,7 +53,7 @@ def main() -> None:
     if a.channel_index:
         idx = torch.load(a.channel_index, weights_only=True)
         model.model.idx = idx.to(model.model.idx.dtype)
-    engine = Engine(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    engine = Engine(accelerator=a.accelerator, devices=1, logger=False, enable_progress_bar=False,
                     default_root_dir=tempfile.mkdtemp())
     t, c = time.perf_counter(), time.process_time()
     engine.fit(model=model, datamodule=dm)
