@@ -6,24 +6,9 @@ import inspect
 from typing import Any
 
 from msacl.augment.base import StrongBase
-from msacl.augment.cutout import Cutout
-from msacl.augment.cutpaste import CutPaste
-from msacl.augment.geometric import Jigsaw, Permutation, Rotation
-from msacl.augment.medmix import MedMix
-from msacl.augment.noise import Noise
-from msacl.names import STRONG_FAMILIES
+from msacl.names import STRONG_CLASSES, STRONG_FAMILIES
 
-FAMILIES: dict[str, type[StrongBase]] = {
-    "medmix": MedMix,
-    "rotation": Rotation,
-    "permutation": Permutation,
-    "jigsaw": Jigsaw,
-    "cutout": Cutout,
-    "noise": Noise,
-    "cutpaste": CutPaste,
-}
-if tuple(FAMILIES) != STRONG_FAMILIES:  # the one list of names is msacl.names.STRONG_FAMILIES
-    raise ImportError(f"msacl.augment.registry.FAMILIES {tuple(FAMILIES)} differ from msacl.names.STRONG_FAMILIES")
+FAMILIES = STRONG_CLASSES  # name -> class, imported on first use
 
 
 def build_strong(name: str, **kwargs: Any) -> StrongBase:
@@ -36,7 +21,7 @@ def build_strong(name: str, **kwargs: Any) -> StrongBase:
     """
     if name not in FAMILIES:
         raise ValueError(f"unknown strong augmentation {name!r}; choose one of {list(STRONG_FAMILIES)}")
-    cls = FAMILIES[name]
+    cls: type[StrongBase] = FAMILIES[name]
     params = [n for n, p in inspect.signature(cls.__init__).parameters.items()
               if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(params))

@@ -27,19 +27,20 @@ from msacl.detectors.options import DetectorOptions, make_options
 from msacl.errors import CheckpointError, MsaclError
 from msacl.models.encoders import IMAGENET
 from msacl.models.features import reestimate_batchnorm
-from msacl.names import DETECTORS, check_name
+from msacl.names import DETECTOR_CLASSES
 from msacl.runs import atomic_torch_save, read_torch_file
 
-REGISTRY: dict[str, type[Detector]] = {}
+# name -> detector class, imported on first use (msacl.names lists every detector, with its module)
+REGISTRY = DETECTOR_CLASSES
 
 
 def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator: add a detector to ``REGISTRY`` under ``name``, one of ``msacl.names.DETECTORS``."""
-    check_name("detector", name, DETECTORS)
+    """Class decorator: name a detector; ``msacl.names.DETECTOR_CLASSES`` must list it under that name."""
+    REGISTRY.check(name)
 
     def deco(cls: type[Detector]) -> type[Detector]:
+        REGISTRY.check(name, cls)
         cls.name = name
-        REGISTRY[name] = cls
         return cls
 
     return deco

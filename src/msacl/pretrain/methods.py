@@ -31,7 +31,7 @@ from torch import nn
 from msacl.augment import WeakAugment, build_strong
 from msacl.models.encoders import Encoder, build_encoder
 from msacl.models.heads import AugClassifier, PatchPositionHead, ProjectionHead
-from msacl.names import METHODS, check_name
+from msacl.names import METHOD_CLASSES
 from msacl.pretrain import losses as L
 from msacl.pretrain.config import PretrainConfig
 from msacl.pretrain.patches import grid_geometry, patch_pairs, random_crops
@@ -383,13 +383,9 @@ class RotNet(Method):
         return {"aug": L.augmentation_loss(out["logits"], batch.labels)}
 
 
-METHOD_CLASSES: dict[str, type[Method]] = {}
-
-
 def register_method(cls: type[Method]) -> type[Method]:
-    """Add a recipe to ``METHOD_CLASSES`` under its ``name``, which must be one of ``msacl.names.METHODS``
-    (``csi`` and ``droc`` register from their own modules)."""
-    METHOD_CLASSES[check_name("pre-training method", cls.name, METHODS)] = cls
+    """Class decorator: ``msacl.names.METHOD_CLASSES`` must list the recipe under its ``name``."""
+    METHOD_CLASSES.check(cls.name, cls)
     return cls
 
 

@@ -6,18 +6,10 @@ import dataclasses
 from typing import Any
 
 from msacl.data.layouts.base import Layout, field_default
-from msacl.data.layouts.covidx import CovidxLayout
-from msacl.data.layouts.folder import FolderLayout, LiuLayout
-from msacl.data.layouts.hyper_kvasir import HyperKvasirLayout
-from msacl.data.layouts.lag import LagLayout
 from msacl.errors import DataError
-from msacl.names import LAYOUTS as LAYOUT_NAMES
+from msacl.names import LAYOUT_CLASSES
 
-LAYOUTS: dict[str, type[Layout]] = {
-    cls.name: cls for cls in (FolderLayout, HyperKvasirLayout, LagLayout, LiuLayout, CovidxLayout)
-}
-if tuple(LAYOUTS) != LAYOUT_NAMES:  # the one list of names is msacl.names.LAYOUTS
-    raise ImportError(f"msacl.data.layouts.LAYOUTS {tuple(LAYOUTS)} differ from msacl.names.LAYOUTS")
+LAYOUTS = LAYOUT_CLASSES  # name -> layout class, imported on first use
 
 
 def get_layout(spec: str | Layout) -> Layout:
