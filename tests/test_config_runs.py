@@ -41,7 +41,7 @@ def test_overrides_nested_and_typed():
         ("epochs=abc", "expected int"),
         ("epochs=1.5", "expected an integer"),
         ("method=simclr", "not one of"),
-        ("nonsense", "key.sub=value"),
+        ("nonsense", "--set .nonsense. is not of the form KEY=VALUE"),
     ],
 )
 def test_bad_override_names_the_problem(bad, words):

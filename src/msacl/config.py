@@ -153,24 +153,31 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
 
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    return apply_settings(cfg, parse_key_values(overrides, "--set"))
+
+
+def apply_settings(cfg: T, settings: dict[str, Any]) -> T:
+    """Return a copy of ``cfg`` with ``{"key.sub": value}`` applied: the one rule by which ``--set``, config
+    files' flags and the CLI's flags reach a config (a flag is an alias of its key, see ``msacl.cli``).
+
+    Every value is checked against its declared type; an unknown key or section is a ``ConfigError`` naming it
+    and the valid keys.
+    """
     data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        key, raw = item.split("=", 1)
+    for key, value in settings.items():
         parts = key.strip().split(".")
         node, tp = data, type(cfg)
         for p in parts[:-1]:
             if not isinstance(node, dict) or p not in node:
-                raise ConfigError(f"override {item!r}: no section {p!r}")
+                raise ConfigError(f"setting {key!r}: no section {p!r}")
             node, tp = node[p], _field_type(tp, p)
         # A free-form mapping (a dict[str, ...] field such as keyword arguments) takes new keys; the consumer
         # of the mapping checks them.
         free = typing.get_origin(tp) is dict
         if not isinstance(node, dict) or (parts[-1] not in node and not free):
             valid = sorted(node) if isinstance(node, dict) else []
-            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; valid keys are {valid}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            raise ConfigError(f"setting {key!r}: unknown key {parts[-1]!r}; valid keys are {valid}")
+        node[parts[-1]] = value
     return from_dict(type(cfg), data)
 
 

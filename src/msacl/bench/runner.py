@@ -182,15 +182,14 @@ def append_result(path: Path, rec: dict[str, Any]) -> None:
 
 def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, image_size: int,
                     backbone: str = "resnet18"):
-    from msacl.config import apply_overrides
+    from msacl.config import apply_settings
     from msacl.pretrain import PretrainConfig
 
     overrides = {"model.backbone": backbone, "model.init": "imagenet"} | dict(VARIANTS[variant])
     overrides |= profile.pretrain_overrides
-    overrides = {k: ("null" if v is None else v) for k, v in overrides.items()}
     if overrides.get("method") == "ccd" and "strong" not in overrides and dataset in CCD_STRONG:
         overrides["strong"] = CCD_STRONG[dataset]
-    cfg = apply_overrides(PretrainConfig(), [f"{k}={v}" for k, v in overrides.items()])
+    cfg = apply_settings(PretrainConfig(), overrides)
     cfg.epochs = profile.pretrain_epochs
     cfg.batch_size = profile.pretrain_batch
     cfg.seed = seed

@@ -75,37 +75,34 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
 RESUMABLE = ("epochs", "checkpoint_every", "tsne", "tsne_max_images")
 
 
+# Each flag is an alias of one key of the config: given, it is applied as ``--set KEY=VALUE`` would be, after
+# --config and --set. ``--backbone`` is derived (from the --init weights when left out), so it is set apart.
+FLAG_KEYS = {"method": "method", "strong": "strong", "scope": "scope", "epochs": "epochs",
+             "batch_size": "batch_size", "seed": "seed", "init": "model.init", "data": "data.root",
+             "image_size": "data.image_size", "cache_dir": "data.cache_dir", "layout": "data.layout",
+             "channels": "data.channels", "on_bad_file": "data.on_bad_file"}
+# Flags with an argparse default: applied to a resumed run only when changed from it.
+FLAG_DEFAULTS = {"layout": "folder", "channels": 3, "on_bad_file": "error"}
+
+
 def resolve_config(args: argparse.Namespace, base: dict | None = None):
     """The run's PretrainConfig: defaults (or a resumed run's config.yaml) < --config file < --set overrides
-    < explicit flags. With ``base``, data flags left at their argparse defaults keep the run's values."""
-    from msacl.config import from_dict, load_config
+    < explicit flags (:data:`FLAG_KEYS`). With ``base``, data flags left at their argparse defaults keep the
+    run's values."""
+    from msacl.config import apply_settings, from_dict, load_config, parse_key_values
     from msacl.pretrain.config import PretrainConfig
 
     if base is None:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
+        cfg = load_config(PretrainConfig, args.config, [])
     else:
-        from msacl.config import apply_overrides
-
-        cfg = apply_overrides(from_dict(PretrainConfig, base), args.overrides)
-    for flag, key in (("method", "method"), ("strong", "strong"), ("scope", "scope"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size"), ("seed", "seed")):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(cfg, key, value)
-    if args.init is not None:
-        cfg.model.init = str(args.init)
+        cfg = from_dict(PretrainConfig, base)
+    flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
+             and not (base is not None and FLAG_DEFAULTS.get(flag, object()) == getattr(args, flag))}
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
+    cfg = apply_settings(cfg, parse_key_values(args.overrides, "--set") | flags)
     backbone = backbone_for(args.backbone, cfg.model.init if args.backbone is None else None)
     if backbone is not None:
         cfg.model.backbone = backbone
-    if args.data is not None:
-        cfg.data.root = str(args.data)
-    for flag, default in (("layout", "folder"), ("channels", 3), ("on_bad_file", "error")):
-        if base is None or getattr(args, flag) != default:
-            setattr(cfg.data, flag, getattr(args, flag))
-    if args.image_size is not None:
-        cfg.data.image_size = args.image_size
-    if args.cache_dir is not None:
-        cfg.data.cache_dir = str(args.cache_dir)
     return cfg
 
 
