@@ -286,7 +286,7 @@ def soak(run: Path, files: list[tuple[str, bytes]], n: int, heatmap: bool) -> di
 
 def in_process(run: Path, files: list[tuple[str, bytes]], n: int, heatmap: bool) -> dict:
     """The reference: decode, score and draw one image at a time in this process, no HTTP."""
-    from msacl.inference import FittedRun
+    from msacl.deploy.inference import FittedRun
 
     model = FittedRun(run)
     with tempfile.TemporaryDirectory() as d:
@@ -332,7 +332,7 @@ def main() -> int:
     heatmap = not args.no_heatmap
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or fit_default(Path(tmp))
-        from msacl.inference import open_run
+        from msacl.deploy.inference import open_run
 
         _, cfg = open_run(run)
         root = Path(cfg["data"]["root"])

@@ -52,7 +52,7 @@ def pretrain_speed(device: str, size: int, precision: str, warmup: int, steps: i
 
 def detector_time(device: str, name: str, size: int) -> dict:
     from msacl.data import load_split
-    from msacl.pipeline import fit_detector, prepare_detector, test_detector
+    from msacl.detectors.pipeline import fit_detector, prepare_detector, test_detector
 
     train = load_split(DATA, "train", image_size=size)
     test = load_split(DATA, "test", image_size=size)

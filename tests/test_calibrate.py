@@ -7,7 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from msacl.calibrate import (
+from msacl.errors import MsaclError
+from msacl.metrics.calibrate import (
     conformal_rank,
     conformal_threshold,
     decide,
@@ -16,7 +17,6 @@ from msacl.calibrate import (
     operating_point,
     pixel_operating_point,
 )
-from msacl.errors import MsaclError
 
 
 def naive_threshold(scores: list[float], alpha: float) -> float | None:

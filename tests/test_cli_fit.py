@@ -355,8 +355,8 @@ def test_other_detectors_end_to_end(name, synthetic_data, capsys, tmp_path):
 
 def test_colour_input_for_a_grey_trained_run(fitted_runs, synthetic_data, tmp_path):
     """The reverse case: a run whose training images were grey gets a colour image (edited config.yaml)."""
+    from msacl.deploy.inference import FittedRun
     from msacl.errors import DataError
-    from msacl.inference import FittedRun
 
     run = tmp_path / "grey_run"
     shutil.copytree(fitted_runs["padim"], run)

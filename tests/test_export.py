@@ -31,7 +31,7 @@ def padim_run(synthetic_data, tmp_path_factory) -> Path:
 
 
 def _images(run: Path, data: Path, n: int = 5) -> torch.Tensor:
-    from msacl.inference import FittedRun
+    from msacl.deploy.inference import FittedRun
 
     model = FittedRun(run)
     files = sorted((data / "test" / "abnormal").iterdir())[:n]
@@ -118,7 +118,7 @@ def test_other_detectors_export(name, synthetic_data, tmp_path, capsys):
 
 
 def test_what_cannot_be_exported_says_why(padim_run, tmp_path, capsys):
-    from msacl.export import detector_graph
+    from msacl.deploy.export import detector_graph
 
     with pytest.raises(MsaclError, match="cavga cannot be exported: its maps are Grad-CAM"):
         detector_graph(build_detector("cavga", image_size=32, width=8, latent_dim=16))

@@ -1,4 +1,4 @@
-"""The steps ``msacl fit`` / ``test`` and ``msacl bench`` share (``msacl.pipeline``)."""
+"""The steps ``msacl fit`` / ``test`` and ``msacl bench`` share (``msacl.detectors.pipeline``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from msacl.data.types import ImageSet
+from msacl.detectors.pipeline import image_size_of, prepare_detector
 from msacl.errors import CheckpointError, DataError, MsaclError
-from msacl.pipeline import image_size_of, prepare_detector
 
 
 def _images(n: int, channels: int, h: int, w: int) -> ImageSet:

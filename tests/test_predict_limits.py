@@ -12,7 +12,15 @@ import pytest
 from PIL import Image
 
 from msacl.cli.main import main
-from msacl.inference import HEATMAP_SIDE, MAX_PIXELS, MIN_SIDE, FittedRun, ImageTooLarge, ImageTooSmall, InputLimits
+from msacl.deploy.inference import (
+    HEATMAP_SIDE,
+    MAX_PIXELS,
+    MIN_SIDE,
+    FittedRun,
+    ImageTooLarge,
+    ImageTooSmall,
+    InputLimits,
+)
 from msacl.report.heatmap import BAR_WIDTH
 
 

@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from msacl.calibrate import decide, evaluate_decision
 from msacl.metrics import evaluate
-from msacl.records import DecisionMetrics, Metrics, ThresholdRecord
+from msacl.metrics.calibrate import decide, evaluate_decision
+from msacl.metrics.records import DecisionMetrics, Metrics, ThresholdRecord
 
 
 def _split(seed: int = 0):

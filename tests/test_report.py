@@ -275,7 +275,7 @@ def test_report_opens_with_the_headline_block(tmp_path):
 
 
 def test_headline_says_what_a_run_lacks(tmp_path):
-    from msacl.records import Metrics
+    from msacl.metrics.records import Metrics
     from msacl.report.headline import data_folder, headline_html
 
     images, labels, scores, maps, masks, paths = _record()

@@ -22,7 +22,7 @@ pytest.importorskip("fastapi", reason="msacl serve needs the serve extra: pip in
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the serve extra)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from msacl.inference import InputLimits  # noqa: E402
+from msacl.deploy.inference import InputLimits  # noqa: E402
 from msacl.serve import create_app  # noqa: E402
 from test_predict_limits import header_only_png  # noqa: E402
 
@@ -55,7 +55,7 @@ def _png_of(image: Image.Image) -> bytes:
 
 
 def test_predict_round_trip_matches_the_run(run, synthetic_data):
-    from msacl.inference import FittedRun
+    from msacl.deploy.inference import FittedRun
 
     files = sorted((synthetic_data / "test" / "abnormal").iterdir())[:3]
     expected = FittedRun(run, fpr=0.2).predict_files(files)
@@ -283,7 +283,7 @@ def test_images_below_the_smallest_scorable_size_get_422(run):
 
 
 def test_heatmap_is_bounded_and_the_decision_uses_the_full_map(run, synthetic_data, tmp_path):
-    from msacl.inference import FittedRun
+    from msacl.deploy.inference import FittedRun
     from msacl.report.heatmap import BAR_WIDTH
 
     big = tmp_path / "big.png"

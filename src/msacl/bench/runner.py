@@ -19,7 +19,7 @@ from msacl.errors import DataError
 
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
-    from msacl.records import Metrics
+    from msacl.metrics.records import Metrics
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def pretrain_config(profile: Profile, dataset: str, variant: str, seed: int, ima
 
 def detector_kwargs(name: str, profile: Profile, backbone: str = "resnet18") -> dict[str, Any]:
     """The detector settings of a job, checked against the detector's options; image size and channels come
-    from the images (``msacl.pipeline``)."""
+    from the images (``msacl.detectors.pipeline``)."""
     from msacl.detectors.options import option_names, options_for
 
     names = option_names(name)
@@ -216,7 +216,7 @@ def _load_dataset(root: Path, image_size: int, progress: bool,
     """A data set's train, test and (when present) val splits, and the image size they were loaded at; the sets
     in ``GREY`` are loaded with one channel."""
     from msacl.data import load_split
-    from msacl.pipeline import image_size_of
+    from msacl.detectors.pipeline import image_size_of
 
     if not root.is_dir():
         raise DataError(f"{root}: data set not found (pass --data-root)")
@@ -236,7 +236,7 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
              device: str, precision: str, progress: bool, log) -> tuple[str | Path | None, float, str | None]:
     """The encoder weights of ``job.variant`` with the seconds and precision of its pre-training: those of
     ``NO_PRETRAIN``, or a pre-trained encoder (pre-trained now unless an earlier invocation did)."""
-    from msacl.pipeline import resolve_device
+    from msacl.detectors.pipeline import resolve_device
     from msacl.pretrain import pretrain
     from msacl.pretrain.engine import make_fabric
 
@@ -314,7 +314,7 @@ def run_jobs(ctx: GridContext, jobs: list[Job], log=print, announce=None) -> lis
     before each job."""
     import torch
 
-    from msacl.pipeline import fit_detector, prepare_detector, resolve_device, test_detector
+    from msacl.detectors.pipeline import fit_detector, prepare_detector, resolve_device, test_detector
 
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
@@ -371,7 +371,7 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
     hands the groups to SLURM through submitit instead (``cluster``: its ``update_parameters`` settings); the
     results file, the resume and the tables are the same either way.
     """
-    from msacl.pipeline import resolve_device
+    from msacl.detectors.pipeline import resolve_device
 
     out.mkdir(parents=True, exist_ok=True)
     done = read_results(out / "results.jsonl")

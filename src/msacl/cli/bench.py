@@ -191,7 +191,7 @@ def default_jobs(device: str) -> int:
     faster than one two-thread job on the development machine's 2 cores), else 1."""
     import torch
 
-    from msacl.pipeline import resolve_device
+    from msacl.detectors.pipeline import resolve_device
 
     if resolve_device(device).type == "cuda":
         return max(1, torch.cuda.device_count())

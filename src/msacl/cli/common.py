@@ -57,7 +57,7 @@ def pixel_count(text: str) -> int:
 
 def add_input_limits(p: argparse.ArgumentParser) -> None:
     """--max-pixels, --min-side and --heatmap-side of ``predict`` and ``serve``; their defaults (None here, so
-    that building the parser imports no torch) are those of ``msacl.inference.InputLimits``."""
+    that building the parser imports no torch) are those of ``msacl.deploy.inference.InputLimits``."""
     p.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
                    help="largest image accepted, width x height, read from the file's header before decoding "
                         "(default 50M: a 7,000 x 7,000 image; Pillow decodes at most 179M whatever this says)")
@@ -70,9 +70,9 @@ def add_input_limits(p: argparse.ArgumentParser) -> None:
 
 
 def input_limits(args: argparse.Namespace) -> Any:
-    """The ``msacl.inference.InputLimits`` of the flags of :func:`add_input_limits` (library defaults for those
+    """The ``msacl.deploy.inference.InputLimits`` of the flags of :func:`add_input_limits` (library defaults for those
     not given)."""
-    from msacl.inference import InputLimits
+    from msacl.deploy.inference import InputLimits
 
     given = {k: getattr(args, k) for k in ("max_pixels", "min_side", "heatmap_side") if getattr(args, k) is not None}
     return InputLimits(**given)

@@ -17,7 +17,7 @@ compared with the detector; the largest differences are printed and recorded in 
 input description and the decision thresholds at --fpr. Needs the export extra for ONNX:
 pip install 'msacl[export]'.
 exportable: padim, patchcore, igd, fanogan, msssim_ae, dae; not: patchcore with reweight=true, and the
-local (patch) models (local=true), see msacl.export.
+local (patch) models (local=true), see msacl.deploy.export.
 """
 
 
@@ -37,7 +37,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msacl.export import export_run
+    from msacl.deploy.export import export_run
 
     rec = export_run(args.run, args.fmt, out=args.out, fpr=args.fpr, n_images=args.parity_images)
     par = rec["parity"]

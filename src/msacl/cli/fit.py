@@ -6,7 +6,7 @@ and ``export`` open): ``config.yaml`` (detector, its settings: the fields of its
 encoder, seed), ``command.txt``, ``meta.json``, ``detector.pt`` (the fitted detector: its name, settings and
 state dict, encoder weights included), ``threshold.json``, ``calibration.json`` (scores of the normal images
 held out from fitting, on which ``test``, ``predict`` and ``serve`` calibrate their normal / abnormal decision
-at ``--fpr``, see ``msacl.calibrate``) and, where training images were held out, ``holdout.txt``.
+at ``--fpr``, see ``msacl.metrics.calibrate``) and, where training images were held out, ``holdout.txt``.
 
 Threshold for IoU / Dice (stored in ``threshold.json``, used by ``test``):
 
@@ -40,7 +40,7 @@ from msacl.names import DETECTORS
 
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
-    from msacl.pipeline import FitResult
+    from msacl.detectors.pipeline import FitResult
     from msacl.runs.fitted import FitConfig, FitRun
 
 _EXAMPLES = """\
@@ -190,7 +190,7 @@ def _load_train(args: argparse.Namespace, config: FitConfig) -> ImageSet:
     """The training images (at ``config.data.image_size``; None: their own size); the sources' channels go
     into ``config``."""
     from msacl.data import load_split
-    from msacl.inference import source_channels
+    from msacl.deploy.inference import source_channels
 
     train = load_split(args.data, "train", image_size=config.data.image_size, **_load_options(args))
     if len(train) == 0:
@@ -221,7 +221,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 def _fit(args: argparse.Namespace) -> int:
     import yaml
 
-    from msacl.pipeline import fit_detector, prepare_detector, resolve_device
+    from msacl.detectors.pipeline import fit_detector, prepare_detector, resolve_device
     from msacl.runs.fitted import FitRun
 
     config = _fit_settings(args)

@@ -18,7 +18,7 @@ from msacl.cli.common import add_device, add_fpr, add_input_limits, info, input_
 from msacl.errors import DataError
 
 if TYPE_CHECKING:
-    from msacl.inference import FittedRun, LoadedImage
+    from msacl.deploy.inference import FittedRun, LoadedImage
 
 _EXAMPLES = """\
 examples:
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from msacl.cli.common import write_csv
-    from msacl.inference import NO_CALIBRATION, FittedRun
-    from msacl.pipeline import resolve_device
+    from msacl.deploy.inference import NO_CALIBRATION, FittedRun
+    from msacl.detectors.pipeline import resolve_device
     from msacl.runs import atomic_write_bytes, atomic_write_text, write_json
 
     model = FittedRun(args.run, fpr=args.fpr, device=resolve_device(args.device),

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise MsaclError("msacl serve needs FastAPI and uvicorn: pip install 'msacl[serve]'") from None
-    from msacl.pipeline import resolve_device
+    from msacl.detectors.pipeline import resolve_device
 
     device = str(resolve_device(args.device))
     app = create_app(args.run, fpr=args.fpr, device=device, convert_channels=args.convert_channels,

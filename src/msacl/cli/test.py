@@ -1,7 +1,7 @@
 """``msacl test``: score a fitted run's test split and write what it found.
 
 ``test`` writes ``metrics.json``, ``decision.json`` (the normal / abnormal calls at the run's calibrated threshold,
-see ``msacl.calibrate``), ``scores.csv`` (path, label, score, decision) and ``report.html`` into RUN.
+see ``msacl.metrics.calibrate``), ``scores.csv`` (path, label, score, decision) and ``report.html`` into RUN.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from msacl.cli.common import add_data, add_device, add_fpr, add_seed, info, positive_int, report_skipped, write_csv
 from msacl.errors import DataError, MsaclError
-from msacl.records import Metrics
+from msacl.metrics.records import Metrics
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +55,9 @@ def _decide(run: FitRun, fpr: float, metrics: Metrics, test: ImageSet, scores: t
             maps: torch.Tensor) -> list[str]:
     """Normal / abnormal calls of the test images at the run's calibrated threshold (``""`` each without
     calibration); their metrics go into ``metrics.decision`` and ``RUN/decision.json``."""
-    from msacl.calibrate import evaluate_decision
-    from msacl.inference import NO_CALIBRATION
-    from msacl.records import DecisionMetrics
+    from msacl.deploy.inference import NO_CALIBRATION
+    from msacl.metrics.calibrate import evaluate_decision
+    from msacl.metrics.records import DecisionMetrics
     from msacl.runs import write_json
 
     decision = run.decision(fpr)
@@ -74,7 +74,7 @@ def _decide(run: FitRun, fpr: float, metrics: Metrics, test: ImageSet, scores: t
 
 def _test(args: argparse.Namespace) -> int:
     from msacl.data import load_split
-    from msacl.pipeline import resolve_device, test_detector
+    from msacl.detectors.pipeline import resolve_device, test_detector
     from msacl.runs import write_json
     from msacl.runs.fitted import FitRun
 

@@ -109,7 +109,7 @@ class Detector(nn.Module):
 
     def scorer(self) -> nn.Module:
         """The scoring module: images in, ``(scores, maps)`` out, what ``predict`` runs and ``msacl export``
-        traces into ONNX / TorchScript (:mod:`msacl.export`); it puts the detector in eval mode."""
+        traces into ONNX / TorchScript (:mod:`msacl.deploy.export`); it puts the detector in eval mode."""
         return Scorer(self.eval())
 
     def encoder_parts(self) -> dict[str, nn.Module]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from msacl.records import Metrics
+from msacl.metrics.records import Metrics
 
 CSS = """
 .headline { background: #eaf2fb; border: 1px solid #b9d0ea; border-radius: 8px; padding: 0.8em 1em 1em;

@@ -24,7 +24,7 @@ from msacl import __version__
 from msacl.config import to_dict
 from msacl.errors import MsaclError
 from msacl.metrics._checks import check_labels, check_scores
-from msacl.records import DecisionMetrics, Metrics, PixelMetrics
+from msacl.metrics.records import DecisionMetrics, Metrics, PixelMetrics
 from msacl.report.headline import CSS as HEADLINE_CSS
 from msacl.report.headline import headline_html
 from msacl.report.plots import overlay_ranking, plot_histograms, plot_overlays, plot_roc, plot_tsne
@@ -190,7 +190,7 @@ def write_report(
         maps: anomaly maps or None. Shape: (N, 1, h, w).
         masks: binary ground truth or None. Shape: (N, 1, H, W).
         paths: source file of each image.
-        metrics: the test split's :class:`msacl.records.Metrics`, or a flat dict of its keys (that of
+        metrics: the test split's :class:`msacl.metrics.records.Metrics`, or a flat dict of its keys (that of
             :func:`msacl.metrics.evaluate`; any flat dict works: the table shows its keys).
         title: page title (e.g. "PaDiM on kvasir_seg_patch128").
         config: the run's config (dict or dataclass); None reads ``run_dir/config.yaml``.

@@ -9,7 +9,7 @@ and the calibrated decision through it, so every verb applies the same checks. T
   (``detector_kwargs``) leave it out and get it back from there;
 * ``detector.pt``: the fitted detector (name, settings, state dict);
 * ``threshold.json``: the IoU / Dice threshold and the heat maps' colour range (:class:`ThresholdRecord`);
-* ``calibration.json``: scores of held-out normal images, from which :mod:`msacl.calibrate` decides normal /
+* ``calibration.json``: scores of held-out normal images, from which :mod:`msacl.metrics.calibrate` decides normal /
   abnormal at any false-positive rate (absent without held-out normals);
 * ``holdout.txt``: the training images held out from fitting; ``fit.json``: fit time and counts;
 * ``command.txt`` and ``meta.json`` (:class:`msacl.runs.RunDir`); ``fit_checkpoint.pt`` while a detector that
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from msacl.config import ConfigError, from_dict, to_dict
 from msacl.data.options import DataOptions
 from msacl.errors import CheckpointError, DataError
-from msacl.records import ThresholdRecord
+from msacl.metrics.records import ThresholdRecord
 from msacl.runs.atomic_io import write_json
 from msacl.runs.rundir import RunDir
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from msacl.detectors import Detector
-    from msacl.pipeline import FitResult
+    from msacl.detectors.pipeline import FitResult
 
 COLOUR = {1: "grey", 3: "colour"}
 
@@ -163,8 +163,8 @@ class FitRun:
         return self._json("calibration.json")
 
     def decision(self, fpr: float) -> dict[str, Any] | None:
-        """Image and pixel thresholds at ``fpr`` (:func:`msacl.calibrate.decide`), None without calibration."""
-        from msacl.calibrate import decide
+        """Image and pixel thresholds at ``fpr`` (:func:`msacl.metrics.calibrate.decide`), None without calibration."""
+        from msacl.metrics.calibrate import decide
 
         cal = self.calibration()
         return None if cal is None else decide(cal, fpr)

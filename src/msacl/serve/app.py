@@ -26,8 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from msacl.deploy.inference import InputLimits
 from msacl.errors import MsaclError
-from msacl.inference import InputLimits
 from msacl.serve.service import MAX_BATCH, MAX_UPLOAD_BYTES, TIMEOUT_S, Deadline, Service, UploadError
 
 try:  # module level: FastAPI reads the endpoints' annotations from this module's globals
@@ -100,7 +100,7 @@ def create_app(run: str | Path, *, fpr: float = 0.05, device: str = "cpu", conve
         device: torch device of the detector.
         convert_channels: convert images of another colour than the training images instead of refusing them.
         max_bytes: largest upload accepted (413 above).
-        limits: the images' pixel limits and the heat map's size (``msacl.inference.InputLimits``).
+        limits: the images' pixel limits and the heat map's size (``msacl.deploy.inference.InputLimits``).
         timeout_s: time one request may take once uploaded (503 after it).
         api_key: the key every route but ``/health`` and ``/`` needs, or None for none.
         max_batch: most images of concurrent requests scored in one forward pass (1: one at a time).

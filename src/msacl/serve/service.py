@@ -1,7 +1,7 @@
 """The work behind ``POST /predict``: one upload checked, decoded, scored and drawn, within bounds.
 
 Every request's work is bounded before it starts: the upload's size (``max_bytes``), the image's pixels
-(read from its header: :class:`msacl.inference.InputLimits`), the heat map's size and the time it may take
+(read from its header: :class:`msacl.deploy.inference.InputLimits`), the heat map's size and the time it may take
 (``timeout_s``). The time limit is checked between the stages (waiting for a decoding slot, decoding,
 waiting for the detector, drawing), so a request that has run out of time stops at the next one instead of
 holding the detector; the endpoint answers 503 at the limit in any case (``msacl.serve.app``).
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from msacl.deploy.inference import InputLimits
 from msacl.errors import DataError, MsaclError
-from msacl.inference import InputLimits
 from msacl.serve.batching import Batcher
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -116,7 +116,7 @@ class Service:
         if self.ready.is_set():
             return
         try:
-            from msacl.inference import NO_CALIBRATION, FittedRun
+            from msacl.deploy.inference import NO_CALIBRATION, FittedRun
 
             t0 = time.perf_counter()
             self.model = FittedRun(self.run, fpr=self.fpr, device=self.device, convert_channels=self.convert_channels,
@@ -177,8 +177,8 @@ class Service:
         return out
 
     def _decode(self, data: bytes, name: str, suffix: str) -> Any:
-        """The upload as :class:`msacl.inference.LoadedImage`; 413 over the pixel limit, 422 unreadable."""
-        from msacl.inference import ImageTooLarge
+        """The upload as :class:`msacl.deploy.inference.LoadedImage`; 413 over the pixel limit, 422 unreadable."""
+        from msacl.deploy.inference import ImageTooLarge
 
         fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="msacl-upload-")
         try:

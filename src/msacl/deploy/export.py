@@ -3,7 +3,7 @@
 The graph takes what the detector takes: float32 images in [0, 1], shape (B, C, N, N) with the run's
 channels and size, already decoded and resized to N x N (the preprocessing of ``msacl predict``: Pillow's
 antialiased bilinear resize). It returns ``score`` (B,) and ``map`` (B, 1, N, N), the detector's own
-outputs, so the thresholds of :mod:`msacl.calibrate` apply unchanged (they are written beside the graph).
+outputs, so the thresholds of :mod:`msacl.metrics.calibrate` apply unchanged (they are written beside the graph).
 The batch axis is dynamic.
 
 The graph is the detector's own scoring module (``det.scorer()``: ``predict_images``, the computation
@@ -206,7 +206,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, out: str | Path | None = N
     import json
     import time
 
-    from msacl.inference import FittedRun
+    from msacl.deploy.inference import FittedRun
     from msacl.runs import write_json
 
     if fmt not in FORMATS:
@@ -230,7 +230,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, out: str | Path | None = N
         "detector": det.name, "opset": OPSET if fmt == "onnx" else None, "torch": torch.__version__,
         "input": {"name": "image", "shape": ["batch", model.channels, model.size, model.size], "dtype": "float32",
                   "range": [0, 1], "preparation": f"decoded, resized to {model.size} x {model.size} (bilinear, "
-                  "antialiased), channels as in training; see msacl.inference.FittedRun.load"},
+                  "antialiased), channels as in training; see msacl.deploy.inference.FittedRun.load"},
         "outputs": {"score": ["batch"], "map": ["batch", 1, model.size, model.size]},
         "decision": model.decision, "parity": {**check, "images": used},
     }

@@ -13,7 +13,7 @@ from typing import Any
 
 @dataclass
 class ThresholdRecord:
-    """``threshold.json``: the IoU / Dice threshold chosen at fit time (``msacl.pipeline``).
+    """``threshold.json``: the IoU / Dice threshold chosen at fit time (``msacl.detectors.pipeline``).
 
     Attributes:
         threshold: pixel-score threshold, or None when nothing was held out to choose it on.
@@ -22,7 +22,7 @@ class ThresholdRecord:
             ``msacl predict``; None without such maps.
 
     The normal / abnormal decision is not stored: each verb decides it from ``calibration.json`` at its own
-    ``--fpr`` (``msacl.calibrate.decide``).
+    ``--fpr`` (``msacl.metrics.calibrate.decide``).
     """
 
     threshold: float | None
@@ -67,7 +67,7 @@ class PixelMetrics:
 
 @dataclass
 class DecisionMetrics:
-    """What the calibrated normal / abnormal decision did on the test split (``msacl.calibrate``).
+    """What the calibrated normal / abnormal decision did on the test split (``msacl.metrics.calibrate``).
 
     The fields are the ``decision_<name>`` keys of ``metrics.json``; ``pixel`` holds the ``pixel_decision_*``
     keys without that prefix (``threshold``, ``normal_images_flagged``, ``pixel_fpr``, ...).
@@ -90,7 +90,7 @@ class DecisionMetrics:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecisionMetrics | None:
-        """The decision keys of a flat record (``msacl.calibrate.evaluate_decision``'s ``metrics``, or
+        """The decision keys of a flat record (``msacl.metrics.calibrate.evaluate_decision``'s ``metrics``, or
         ``metrics.json``); None when it has none."""
         pixel = {k[len(_PIXEL_DECISION):]: v for k, v in d.items() if k.startswith(_PIXEL_DECISION)}
         own = {k: d[_DECISION + k] for k in _DECISION_KEYS if _DECISION + k in d}

@@ -8,7 +8,7 @@ The threshold rule for IoU / Dice (see ``msacl.metrics``): best Dice on a valida
 when the data has one; otherwise a fraction ``holdout`` of train/normal is held out from fitting and the
 threshold is the 0.99 quantile of the pixel scores of those held-out normal images.
 
-The normal images of that validation split or hold-out are also the calibration set of ``msacl.calibrate``
+The normal images of that validation split or hold-out are also the calibration set of ``msacl.metrics.calibrate``
 (decisions at a target false-positive rate): :func:`fit_detector` returns their scores and map maxima.
 """
 
@@ -28,7 +28,7 @@ from msacl.data.types import ImageSet
 from msacl.detectors import REGISTRY, Detector, batches, build_detector
 from msacl.detectors.options import option_names
 from msacl.errors import DataError, MsaclError
-from msacl.records import Metrics, ThresholdRecord
+from msacl.metrics.records import Metrics, ThresholdRecord
 from msacl.runs import make_generator, seeded
 from msacl.runs.hardware import tune_backends
 
@@ -186,7 +186,7 @@ def fit_detector(
 
 
 def calibration_record(ref: ImageSet, scores: torch.Tensor, maps: torch.Tensor, source: str) -> dict[str, Any] | None:
-    """What ``msacl.calibrate`` needs from normal images the detector never saw: their image scores and the
+    """What ``msacl.metrics.calibrate`` needs from normal images the detector never saw: their image scores and the
     largest value of each one's map (the run's ``calibration.json``); None when ``ref`` has no normal image."""
     normal = ref.labels == 0
     if not bool(normal.any()):

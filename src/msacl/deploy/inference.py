@@ -2,7 +2,7 @@
 
 :class:`FittedRun` loads a run directory once (detector, input size and channels, calibration) and turns
 one image file into a :class:`Prediction`: score, normal / abnormal decision at the run's calibrated
-threshold (:mod:`msacl.calibrate`), the flagged share of the image, and the heat map at the input's own
+threshold (:mod:`msacl.metrics.calibrate`), the flagged share of the image, and the heat map at the input's own
 size, or reduced so that its longest side is at most ``heatmap_side`` (1,024 px by default). The detector
 sees the image as it saw its training images (resized to N x N, the run's channels); the decision and the
 flagged share come from its full N x N map, whatever size the heat map is drawn at.
