@@ -5,7 +5,8 @@ A registry maps a name to ``"module:Class"`` and imports the module the first ti
 every name without importing torch, and a saved detector loads without importing the other eight. The name
 lists the CLI's options offer (``DETECTORS``, ``METHODS``, ...) are the registries' keys. A class declares its
 name (``@register("padim")``, ``name = "msacl"``); the registry refuses a class it does not list under that
-name, so the two cannot drift apart.
+name, so the two cannot drift apart. A detector defined outside msacl registers itself with the same one line,
+``@register("mine")``, under a name not taken (``Registry.add``): the CLI then offers it like the others.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ class Registry(Mapping[str, Any]):
         if name not in self.paths or (where is not None and self.paths[name] != where):
             what = f"{self.kind} {name!r}" + (f" ({where})" if where else "")
             raise ValueError(f"{what} is not listed in msacl.names ({', '.join(self.paths)}); add it there")
+        return name
+
+    def add(self, name: str, cls: type) -> str:
+        """Register ``cls`` under a new ``name`` (a class outside msacl: a plugin, a test's detector); a name
+        listed for another class is refused."""
+        where = f"{cls.__module__}:{cls.__qualname__}"
+        if self.paths.get(name, where) != where:
+            raise ValueError(f"{self.kind} {name!r} is already {self.paths[name]}; choose another name for {where}")
+        self.paths[name] = where
         return name
 
 

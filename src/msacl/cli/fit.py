@@ -36,7 +36,7 @@ from msacl.cli.common import (
     report_skipped,
 )
 from msacl.errors import DataError, MsaclError
-from msacl.names import DETECTORS
+from msacl.names import DETECTOR_CLASSES
 
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
@@ -66,7 +66,8 @@ def examples(verb: str) -> str:
 
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", required=True, choices=DETECTORS, help="anomaly detector to fit")
+    # the registry's names when the parser is built: msacl's detectors and any registered since
+    p.add_argument("--detector", required=True, choices=tuple(DETECTOR_CLASSES), help="anomaly detector to fit")
     add_data(p)
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
     p.add_argument("--encoder", metavar="PATH|imagenet", default=None,
