@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from msacl.cli.common import add_data, add_device, add_fpr, add_seed, info, positive_int, report_skipped, write_csv
 from msacl.errors import DataError, MsaclError
-from msacl.metrics.records import Metrics
 
 if TYPE_CHECKING:
     import torch
 
     from msacl.data.types import ImageSet
+    from msacl.metrics.records import Metrics
     from msacl.runs.fitted import FitRun
 
 _EXAMPLES = """\
