@@ -56,14 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default)")
     p.add_argument("--precision", default=None, help="pre-training precision (default: the profile's, 32-true)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="pre-training settings of every run, e.g. optim.lr=0.05 (use a fresh --out per setting)")
+                   help="pre-training settings of every run, e.g. optim.lr=0.05, applied to the library's defaults "
+                        "(not the cpu profile's own settings: a screen measures each lever from the defaults); "
+                        "use a fresh --out per setting")
     a = p.parse_args(argv)
-    overrides = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = value
+    from msacl.config import parse_key_values
+    from msacl.errors import MsaclError
+
+    try:
+        overrides = parse_key_values(a.set, "--set")
+    except MsaclError as e:
+        p.error(str(e))
     profile = dataclasses.replace(PROFILES["cpu"], pretrain_overrides=overrides, bn_stats=tuple(a.bn_stats))
     if a.precision:
         profile.precision = a.precision

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from msacl.bench.runner import (
 )
 from msacl.bench.tables import aggregate, markdown, write_tables
 from msacl.cli.main import main
+from msacl.errors import MsaclError
 
 
 def test_plan_shares_jobs_between_tables():
@@ -129,6 +131,17 @@ def test_run_grid_end_to_end_then_resume(synthetic_data, tmp_path):
     files = write_tables(aggregate(tabs, again, ["synthetic"]), profile, out)
     assert "MSACL - PaDiM" in files["markdown"].read_text()
     assert json.loads(files["json"].read_text())["tables"][0]["key"] == "t"
+    # Other pre-training settings are not mixed into the same results: the finished results are refused, and
+    # without them, the finished pre-training run.
+    other = dataclasses.replace(profile, pretrain_overrides={"loss.w_pos": 0})
+    with pytest.raises(MsaclError, match=r"1 result\(s\) .* come from pre-training with settings \{\}, this "
+                                         r"profile's are \{'loss.w_pos': 0\}"):
+        run_grid(other, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0, device="cpu",
+                 progress=False, log=logs.append)
+    (out / "results.jsonl").write_text(lines[0] + "\n")
+    with pytest.raises(MsaclError, match=r"seed0: pre-trained with other settings .*loss.w_pos: 1.0, now 0"):
+        run_grid(other, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0, device="cpu",
+                 progress=False, log=logs.append)
 
 
 def test_run_grid_loads_the_grey_sets_grey(synthetic_data, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msacl.bench.grid import CCD_STRONG, GREY, NO_PRETRAIN, VARIANTS, Profile, Row, Table, resolve_precision
-from msacl.errors import DataError
+from msacl.errors import DataError, MsaclError
 
 if TYPE_CHECKING:
     from msacl.data.types import ImageSet
@@ -150,6 +150,26 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _typed(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with string values read as YAML (``"0"`` -> 0), as ``--set`` gives them."""
+    import yaml
+
+    return {k: yaml.safe_load(v) if isinstance(v, str) and v.strip() else v for k, v in settings.items()}
+
+
+def check_same_pretraining(done: dict[str, dict[str, Any]], profile: Profile, path: Path) -> None:
+    """Refuse to mix results of pre-training under other settings than ``profile``'s into one results file: a
+    resumed grid would otherwise count them as done and put them in the same table."""
+    want = _typed(profile.pretrain_overrides)
+    stale = [r["key"] for r in done.values()
+             if r.get("variant") not in NO_PRETRAIN and _typed(r.get("pretrain_overrides", {})) != want]
+    if stale:
+        got = _typed(done[stale[0]].get("pretrain_overrides", {}))
+        raise MsaclError(f"{path}: {len(stale)} result(s) (e.g. {stale[0]}) come from pre-training with settings "
+                         f"{got}, this profile's are {want}; use another --out, or remove those lines and their "
+                         f"pretrain/ folders to run them again")
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -245,9 +265,11 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     run_dir = out / "pretrain" / job.dataset / backbone / job.variant / f"seed{job.seed}"
     enc_path = run_dir / "encoder.pt"
     timing = run_dir / "pretrain_seconds.json"
-    if not enc_path.is_file():
-        cfg = pretrain_config(profile, job.dataset, job.variant, job.seed, size, backbone)
-        cfg.data.root = str(root)
+    cfg = pretrain_config(profile, job.dataset, job.variant, job.seed, size, backbone)
+    cfg.data.root = str(root)
+    if enc_path.is_file():
+        _check_reused(run_dir, cfg)
+    else:
         log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs)")
         tp = time.perf_counter()
         dev = resolve_device(device)
@@ -259,6 +281,24 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
         timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
     pre = json.loads(timing.read_text()) if timing.is_file() else {}
     return enc_path, pre.get("seconds", float("nan")), pre.get("precision", "32-true")
+
+
+def _check_reused(run_dir: Path, cfg: Any) -> None:
+    """Refuse a finished pre-training run of ``run_dir`` whose settings are not ``cfg``'s (the data folder aside)."""
+    from msacl.config import read_yaml_mapping, to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    saved, want = flat(read_yaml_mapping(run_dir / "config.yaml")), flat(to_dict(cfg))
+    diff = [k for k in want if k != "data.root" and k in saved and saved[k] != want[k]]
+    if diff:
+        raise MsaclError(f"{run_dir}: pre-trained with other settings than this profile's ("
+                         + "; ".join(f"{k}: {saved[k]!r}, now {want[k]!r}" for k in diff[:3])
+                         + "); use another --out, or remove that folder to pre-train it again")
 
 
 def _versions() -> dict[str, str]:
@@ -375,6 +415,7 @@ def run_grid(profile: Profile, tables: list[Table], data_root: Path, out: Path, 
 
     out.mkdir(parents=True, exist_ok=True)
     done = read_results(out / "results.jsonl")
+    check_same_pretraining(done, profile, out / "results.jsonl")
     planned = plan(tables, datasets, seeds, backbone, profile)
     todo = [j for j in planned if j.key not in done]
     dev = resolve_device(device)
