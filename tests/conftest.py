@@ -12,6 +12,10 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A user's detector, imported by test_plugin_detector.py alone: collected (even for doctests) it would be
+# registered for the whole session.
+collect_ignore = ["plugin_detector.py"]
+
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
