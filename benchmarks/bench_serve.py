@@ -332,10 +332,9 @@ def main() -> int:
     heatmap = not args.no_heatmap
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or fit_default(Path(tmp))
-        from msacl.deploy.inference import open_run
+        from msacl.runs.fitted import FitRun
 
-        _, cfg = open_run(run)
-        root = Path(cfg["data"]["root"])
+        root = Path(FitRun.open(run).config.data.root or ".")
         pool = sorted((root / "test").rglob("*.png"))[: args.images] or sorted(root.rglob("*.png"))[: args.images]
         files = [(p.name, p.read_bytes()) for p in pool]
         out: dict = {"run": str(run), "heatmap": heatmap, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
