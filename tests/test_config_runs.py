@@ -109,3 +109,14 @@ def test_key_value_items_are_parsed_once_for_every_flag():
             parse_key_values([bad], "--cluster")
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_key_values(["a=[1,"], "--option")
+
+
+def test_changed_settings_compares_sections_key_by_key_and_mappings_whole():
+    from msacl.config import changed_settings, to_dict
+    from msacl.pretrain import PretrainConfig
+
+    before = to_dict(PretrainConfig())
+    after = to_dict(apply_overrides(PretrainConfig(), ["loss.w_pos=0", "strong_kwargs.max_lesions=2"]))
+    assert changed_settings(PretrainConfig, before, after) == [
+        ("strong_kwargs", {}, {"max_lesions": 2}), ("loss.w_pos", 1.0, 0.0)]
+    assert changed_settings(PretrainConfig, before, before) == []

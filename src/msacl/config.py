@@ -181,6 +181,26 @@ def apply_settings(cfg: T, settings: dict[str, Any]) -> T:
     return from_dict(type(cfg), data)
 
 
+def changed_settings(cls: type, before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The settings of config class ``cls`` that differ between two of its dict forms (``to_dict``), as
+    ``(dotted key, before, after)``; sections (dataclass fields) are compared key by key, any other value (a
+    free-form mapping included) whole, and a key only one side has is not a change."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(tp: Any, a: dict[str, Any], b: dict[str, Any], prefix: str) -> None:
+        for k, v in b.items():
+            if k not in a:
+                continue
+            sub = _field_type(tp, k)
+            if dataclasses.is_dataclass(sub) and isinstance(a[k], dict) and isinstance(v, dict):
+                walk(sub, a[k], v, f"{prefix}{k}.")
+            elif a[k] != v:
+                out.append((prefix + k, a[k], v))
+
+    walk(cls, before, after, "")
+    return out
+
+
 def _field_type(tp: Any, name: str) -> Any:
     """Declared type of field ``name`` of dataclass ``tp`` (Optional unwrapped); Any when unknown."""
     if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):

@@ -285,19 +285,13 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
 
 def _check_reused(run_dir: Path, cfg: Any) -> None:
     """Refuse a finished pre-training run of ``run_dir`` whose settings are not ``cfg``'s (the data folder aside)."""
-    from msacl.config import read_yaml_mapping, to_dict
+    from msacl.config import changed_settings, read_yaml_mapping, to_dict
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    saved, want = flat(read_yaml_mapping(run_dir / "config.yaml")), flat(to_dict(cfg))
-    diff = [k for k in want if k != "data.root" and k in saved and saved[k] != want[k]]
+    diff = [d for d in changed_settings(type(cfg), read_yaml_mapping(run_dir / "config.yaml"), to_dict(cfg))
+            if d[0] != "data.root"]
     if diff:
         raise MsaclError(f"{run_dir}: pre-trained with other settings than this profile's ("
-                         + "; ".join(f"{k}: {saved[k]!r}, now {want[k]!r}" for k in diff[:3])
+                         + "; ".join(f"{k}: {a!r}, now {b!r}" for k, a, b in diff[:3])
                          + "); use another --out, or remove that folder to pre-train it again")
 
 

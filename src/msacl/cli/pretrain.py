@@ -125,20 +125,10 @@ def _resumed_run(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def _check_unchanged(out: Path, saved: dict, cfg) -> None:
     """Refuse a resume that would change a setting other than ``RESUMABLE``."""
-    from msacl.config import to_dict
+    from msacl.config import changed_settings, to_dict
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        items: dict = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and k in ("data", "model", "loss", "optim"):
-                items.update(flat(v, f"{prefix}{k}."))
-            else:
-                items[prefix + k] = v
-        return items
-
-    before, after = flat(saved), flat(to_dict(cfg))
-    changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in after
-               if k not in RESUMABLE and k in before and before[k] != after[k]]
+    changed = [f"{k}: {a!r} -> {b!r}" for k, a, b in changed_settings(type(cfg), saved, to_dict(cfg))
+               if k not in RESUMABLE]
     if changed:
         raise MsaclError(f"{out} was trained with other settings; a resumed run keeps its own "
                          f"({'; '.join(changed)}). Start a new run with --out to change them")

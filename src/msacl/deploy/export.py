@@ -150,8 +150,7 @@ def float32_error(det: Any, images: torch.Tensor) -> dict[str, float | None]:
         d64 = copy.deepcopy(det).double().eval()
         with torch.no_grad():
             r32 = [t.double() for t in det.predict(images)]
-            fn = getattr(d64, "predict_images", None) or d64.predict
-            r64 = fn(images.double())
+            r64 = d64.scorer()(images.double())
     except Exception:  # noqa: BLE001 - a detector that cannot run in float64 just gets no reference
         return {"float32_score_rel": None, "float32_map_rel": None}
     return {f"float32_{k}_rel": float((a - b).abs().max() / (b.abs().max() or 1.0))
