@@ -4,9 +4,11 @@ each on the GPU and on the CPU for scale (``benchmarks/gpu_check.sh`` runs it; u
 Pre-training: MSACL from ImageNet EfficientNet-Lite0, batch 32, on the Kvasir training patches at 64 and 256 px,
 in fp32 and bf16-mixed (where the device computes bf16); images/s counts every image through the encoder (8 views
 per training image plus the position patches), from the engine's own log after the warm-up steps; peak memory is
-torch's peak allocated CUDA memory of the run. Detectors: PaDiM and PatchCore (ImageNet Lite0, BatchNorm as stored)
-fitted on kvasir_seg_patch128's training patches at 256 px and tested on its 544 test patches, as ``msacl fit``
-and ``msacl test`` do (hold-out, threshold, metrics).
+torch's peak allocated CUDA memory of the run. Augmentation: one MSACL batch (MedMix and the weak views) on the
+device, with and without the sync-free path (``msacl.augment.functional.sync_free``), and on CUDA a check that the
+sync-free path makes no host synchronisation (``torch.cuda.set_sync_debug_mode("error")``). Detectors: PaDiM and
+PatchCore (ImageNet Lite0, BatchNorm as stored) fitted on kvasir_seg_patch128's training patches at 256 px and
+tested on its 544 test patches, as ``msacl fit`` and ``msacl test`` do (hold-out, threshold, metrics).
 
     python benchmarks/gpu_check.py                         # every row; the CPU rows take a few minutes
     python benchmarks/gpu_check.py --devices cpu --sizes 64 --steps 2 --detectors padim   # a quick CPU check
@@ -48,6 +50,32 @@ def pretrain_speed(device: str, size: int, precision: str, warmup: int, steps: i
     images = 32 * 8 + 2 * 32  # views and position patches of one step
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return {"s_per_step": per_step, "images_per_s": images / per_step, "peak_gib": peak}
+
+
+def augment_time(device: str, size: int, sync_free: bool, steps: int) -> dict:
+    from msacl.augment.functional import sync_free as sync_free_block
+    from msacl.data import load_split
+    from msacl.pretrain import PretrainConfig
+    from msacl.pretrain.methods import build_method
+    from msacl.runs import make_generator
+
+    x = load_split(DATA, "train", image_size=size).images[:32].to(device)
+    method, g = build_method(PretrainConfig(method="msacl"), image_size=size), make_generator(0, device)
+    with sync_free_block(sync_free):
+        method.make_batch(x, generator=g)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+            if sync_free:  # any host synchronisation in the batch now raises
+                torch.cuda.set_sync_debug_mode("error")
+        t0 = time.perf_counter()
+        try:
+            for _ in range(steps):
+                method.make_batch(x, generator=g)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.synchronize()
+    return {"ms_per_batch": 1000 * (time.perf_counter() - t0) / steps}
 
 
 def detector_time(device: str, name: str, size: int) -> dict:
@@ -102,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"({r['s_per_step']:.3f} s/step)", "-" if r["peak_gib"] is None
                              else f"{r['peak_gib']:.2f} GiB"))
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+        for size in a.sizes:
+            t = {free: augment_time(device, size, free, steps)["ms_per_batch"] for free in (False, True)}
+            rows.append((name, f"MSACL batch (MedMix + weak views), 32 images at {size} px",
+                         f"indexed {t[False]:.0f} ms, sync-free {t[True]:.0f} ms"
+                         + ("; no host sync" if device == "cuda" else ""), "-"))
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
         for det in a.detectors:
             r = detector_time(device, det, a.detector_size)
             rows.append((name, f"{det} fit + test, kvasir_seg_patch128, {a.detector_size} px",

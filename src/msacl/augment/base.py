@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from msacl.augment.functional import uniform
+from msacl.augment.functional import avoid_syncs, uniform
 
 
 @dataclass
@@ -82,14 +82,18 @@ class StrongBase:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{self.name}: expected a float (B, C, H, W) image batch, got {got}")
-        labels = torch.as_tensor(labels, device=x.device)
+        labels = torch.as_tensor(labels)  # checked where they are: reading a GPU tensor's range would wait for it
         if labels.shape != (x.shape[0],) or labels.is_floating_point():
             raise ValueError(f"{self.name}: labels must be integers of shape ({x.shape[0]},), "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         labels = labels.long()
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if labels.numel() and avoid_syncs(labels):
+            torch._assert_async(((labels >= 0) & (labels < self.num_classes)).all(),
+                                f"{self.name}: labels must lie in 0..{self.num_classes - 1}")
+        elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"{self.name}: labels must lie in 0..{self.num_classes - 1}, "
                              f"got {int(labels.min())}..{int(labels.max())}")
+        labels = labels.to(x.device)
         if sources is not None and sources.shape[1:] != x.shape[1:]:
             raise ValueError(f"{self.name}: sources must be (B', {x.shape[1]}, {x.shape[2]}, {x.shape[3]}) "
                              f"like the images, got {tuple(sources.shape)}")

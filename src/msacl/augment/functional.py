@@ -4,17 +4,43 @@ Every function takes a batch ``x`` of shape (B, C, H, W) in [0, 1] (C = 1 or 3) 
 of shape (B,), and runs as a handful of tensor kernels on ``x.device``: no Python loop over images.
 The colour operations follow ``torchvision.transforms.v2.functional`` (same formulas), so one image
 through these equals one image through torchvision; the tests check that.
+
+Host synchronisation: on the CPU an operation that applies to some images of a batch runs on those images
+only (``nonzero``), which is cheapest there. On a GPU that index would make the host wait for the device at
+every call, so there the operation runs on every image and ``torch.where`` keeps it where it applies: the
+same values, no wait (:func:`avoid_syncs`; :func:`sync_free` forces either way, e.g. in tests).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+_SYNC_FREE: ContextVar[bool | None] = ContextVar("msacl_sync_free", default=None)
+
+
+def avoid_syncs(x: torch.Tensor) -> bool:
+    """Whether augmentations of ``x`` avoid host synchronisations (data-dependent shapes, ``int(tensor)``):
+    on any device but the CPU, unless :func:`sync_free` says otherwise."""
+    forced = _SYNC_FREE.get()
+    return x.device.type != "cpu" if forced is None else forced
+
+
+@contextmanager
+def sync_free(enabled: bool = True) -> Iterator[None]:
+    """Within the block, augmentations avoid host synchronisations (``enabled``) or not, on every device."""
+    token = _SYNC_FREE.set(enabled)
+    try:
+        yield
+    finally:
+        _SYNC_FREE.reset(token)
 
 
 def uniform(shape: Sequence[int] | int, low: float, high: float, *, generator: torch.Generator,
@@ -134,6 +160,7 @@ def color_jitter(
     0..3 (brightness, contrast, saturation, hue) per row; contrast_mean (B,) or None.
     """
     out = x.clone()
+    every = avoid_syncs(x)
     for step in range(4):
         for op in range(4):
             sel = order[:, step] == op
@@ -145,9 +172,12 @@ def color_jitter(
                 sel = sel & (saturation != 1)
             else:
                 sel = sel & (hue != 0)
-            idx = sel.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
+            if every:  # every image, kept where selected (module docstring)
+                idx = slice(None)
+            else:
+                idx = sel.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    continue
             xi = out[idx]
             if op == 0:
                 xi = adjust_brightness(xi, brightness[idx])
@@ -157,7 +187,10 @@ def color_jitter(
                 xi = adjust_saturation(xi, saturation[idx])
             else:
                 xi = adjust_hue(xi, hue[idx])
-            out[idx] = xi
+            if every:
+                out = torch.where(sel.view(-1, 1, 1, 1), xi, out)
+            else:
+                out[idx] = xi
     return out
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from msacl.augment import functional as AF
 from msacl.augment.base import StrongBase, StrongOutput
 
 
@@ -34,6 +35,9 @@ class Rotation(StrongBase):
             raise ValueError(f"rotation needs square images, got {x.shape[2]}x{x.shape[3]}")
         out = x.clone()
         for k in range(1, 4):
+            if AF.avoid_syncs(x):  # every image, kept where its class is k (see ``functional``)
+                out = torch.where((labels == k).view(-1, 1, 1, 1), torch.rot90(x, k, dims=(2, 3)), out)
+                continue
             idx = (labels == k).nonzero().squeeze(1)
             if idx.numel():
                 out[idx] = torch.rot90(x[idx], k, dims=(2, 3))

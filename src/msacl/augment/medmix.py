@@ -155,6 +155,10 @@ class MedMix(StrongBase):
         boxes = torch.full((b, k, 4), -1, dtype=torch.long, device=dev)
         src_boxes = torch.full((b, k, 4), -1, dtype=torch.long, device=dev)
         placed: list[Boxes] = []
+        # Where host syncs are avoided (GPUs, ``AF.avoid_syncs``), every image gets each lesion, made invisible
+        # where the image has fewer, in a window of the largest box the settings allow: the same lesions, but
+        # the noise is drawn at that window's size, so the random stream is not the CPU path's.
+        static = AF.avoid_syncs(x)
         for j in range(k):
             # Every draw is made for the whole batch, so the random stream does not depend on the labels.
             active = labels > j
@@ -163,17 +167,27 @@ class MedMix(StrongBase):
             shape = self._shape_params(b, generator, dev)
             look = self._look_params(b, generator, dev)
             # Lesions are drawn in a window the size of the batch's largest box, not over the whole image.
-            ph, pw = int(box.height.max()), int(box.width.max())
+            ph, pw = self.max_box(h, w) if static else (int(box.height.max()), int(box.width.max()))
             noise = AF.normal((b, c, ph, pw), generator=generator, device=dev).to(x.dtype)
-            idx = active.nonzero().squeeze(1)
-            levels[idx, j] = box.level[idx]
-            boxes[idx, j] = torch.stack((box.top, box.left, box.height, box.width), 1)[idx]
-            src_boxes[idx, j] = torch.stack((src_top, src_left, box.height, box.width), 1)[idx]
-            if idx.numel() == 0:
-                continue
+            corners = (torch.stack((box.top, box.left, box.height, box.width), 1),
+                       torch.stack((src_top, src_left, box.height, box.width), 1))
+            if static:
+                idx = torch.arange(b, device=dev)
+                levels[:, j] = torch.where(active, box.level, levels[:, j])
+                boxes[:, j] = torch.where(active.unsqueeze(1), corners[0], boxes[:, j])
+                src_boxes[:, j] = torch.where(active.unsqueeze(1), corners[1], src_boxes[:, j])
+            else:
+                idx = active.nonzero().squeeze(1)
+                levels[idx, j] = box.level[idx]
+                boxes[idx, j] = corners[0][idx]
+                src_boxes[idx, j] = corners[1][idx]
+                if idx.numel() == 0:
+                    continue
             top, left = box.top[idx], box.left[idx]
             win_t, win_l = top.clamp(max=h - ph), left.clamp(max=w - pw)  # window inside the image, box inside it
             alpha, shade = self._alpha(box, shape, idx, win_t, win_l, (ph, pw))  # (b', 1, ph, pw) each
+            if static:
+                alpha = alpha * active.view(-1, 1, 1, 1).to(alpha.dtype)  # no lesion j where the image has < j+1
             patch = AF.crop_windows(sources, src_top[idx] - (top - win_t), src_left[idx] - (left - win_l), ph, pw,
                                     batch_index=idx)
             patch = self._deform(patch, alpha, shade, {n: v[idx] for n, v in look.items()}, noise[idx])
@@ -184,6 +198,12 @@ class MedMix(StrongBase):
         masks = (alphas > 0).any(dim=1, keepdim=True).to(x.dtype)
         extras = {"lesion_alpha": alphas, "placement": levels, "boxes": boxes, "source_boxes": src_boxes}
         return StrongOutput(out.clamp_(0, 1), labels, masks, extras)
+
+    def max_box(self, h: int, w: int) -> tuple[int, int]:
+        """Height and width no lesion box of an (h, w) image exceeds (see ``_place``), one pixel to spare."""
+        side = self.size[1] * min(h, w)
+        return (min(h, max(3, math.ceil(side / math.sqrt(self.aspect[0])) + 1)),
+                min(w, max(3, math.ceil(side * math.sqrt(self.aspect[1])) + 1)))
 
     def _place(self, b, hw, allowed_t, allowed_s, placed, active, generator):
         h, w = hw

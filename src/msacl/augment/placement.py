@@ -74,27 +74,33 @@ def place_boxes(
 
     # Random candidates can all miss a small valid region: search every position for those images, and
     # take the valid one nearest to the first candidate (no further draws, so an image's result does not
-    # depend on the rest of the batch).
-    miss = (level > LEVEL_INSIDE).nonzero().squeeze(1)
-    if miss.numel():
-        gy, gx = torch.meshgrid(torch.arange(h_img, device=dev), torch.arange(w_img, device=dev), indexing="ij")
-        gy, gx = gy.reshape(1, -1), gx.reshape(1, -1)
-        sub_h, sub_w = hh[miss], ww[miss]
-        fits = (gy + sub_h <= h_img) & (gx + sub_w <= w_img)
-        ty, tx = gy.expand(miss.numel(), -1), gx.expand(miss.numel(), -1)
-        sub_avoid = [Boxes(o.top[miss], o.left[miss], o.height[miss], o.width[miss], o.active[miss], o.level[miss])
-                     for o in avoid]
-        grid = _levels(torch.minimum(ty, h_img - sub_h), torch.minimum(tx, w_img - sub_w), sub_h, sub_w,
-                       None if allowed is None else allowed[miss], sub_avoid, margin)
-        grid &= fits.unsqueeze(1)
-        dist = (gy - top[miss, None]).pow(2) + (gx - left[miss, None]).pow(2)  # (b', H*W)
-        g_level = grid.any(dim=2).to(torch.int8).argmax(dim=1)
-        ok = grid.gather(1, g_level.view(-1, 1, 1).expand(-1, 1, grid.shape[2])).squeeze(1)
-        best = torch.where(ok, dist, torch.full_like(dist, torch.iinfo(dist.dtype).max)).argmin(dim=1)
-        better = g_level.long() < level[miss]
-        top[miss] = torch.where(better, gy[0, best], top[miss])
-        left[miss] = torch.where(better, gx[0, best], left[miss])
-        level[miss] = torch.where(better, g_level.long(), level[miss])
+    # depend on the rest of the batch). Where host syncs are avoided every image is searched: one already
+    # placed inside has no stricter level to gain, so it keeps its place and the result is the same.
+    if AF.avoid_syncs(level):
+        miss, n = slice(None), b
+    else:
+        miss = (level > LEVEL_INSIDE).nonzero().squeeze(1)
+        n = miss.numel()
+        if n == 0:
+            return top, left, level
+    gy, gx = torch.meshgrid(torch.arange(h_img, device=dev), torch.arange(w_img, device=dev), indexing="ij")
+    gy, gx = gy.reshape(1, -1), gx.reshape(1, -1)
+    sub_h, sub_w = hh[miss], ww[miss]
+    fits = (gy + sub_h <= h_img) & (gx + sub_w <= w_img)
+    ty, tx = gy.expand(n, -1), gx.expand(n, -1)
+    sub_avoid = [Boxes(o.top[miss], o.left[miss], o.height[miss], o.width[miss], o.active[miss], o.level[miss])
+                 for o in avoid]
+    grid = _levels(torch.minimum(ty, h_img - sub_h), torch.minimum(tx, w_img - sub_w), sub_h, sub_w,
+                   None if allowed is None else allowed[miss], sub_avoid, margin)
+    grid &= fits.unsqueeze(1)
+    dist = (gy - top[miss, None]).pow(2) + (gx - left[miss, None]).pow(2)  # (b', H*W)
+    g_level = grid.any(dim=2).to(torch.int8).argmax(dim=1)
+    ok = grid.gather(1, g_level.view(-1, 1, 1).expand(-1, 1, grid.shape[2])).squeeze(1)
+    best = torch.where(ok, dist, torch.full_like(dist, torch.iinfo(dist.dtype).max)).argmin(dim=1)
+    better = g_level.long() < level[miss]
+    top[miss] = torch.where(better, gy[0, best], top[miss])
+    left[miss] = torch.where(better, gx[0, best], left[miss])
+    level[miss] = torch.where(better, g_level.long(), level[miss])
     return top, left, level
 
 
