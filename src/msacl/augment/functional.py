@@ -43,6 +43,21 @@ def sync_free(enabled: bool = True) -> Iterator[None]:
         _SYNC_FREE.reset(token)
 
 
+def apply_where(sel: torch.Tensor, fn, x: torch.Tensor, *params: torch.Tensor | None) -> torch.Tensor:
+    """``fn(x, *params)`` for the images where ``sel`` holds, ``x`` elsewhere; ``fn`` works per image with per-image
+    ``params`` (None passes through). On the CPU only the selected images run, written into ``x`` in place; where
+    host syncs are avoided every image runs and ``torch.where`` keeps the result (module docstring).
+
+    Shape: sel (B,) bool, x (B, ...), each param (B, ...) or None -> (B, ...).
+    """
+    if avoid_syncs(x):
+        return torch.where(sel.view(-1, *([1] * (x.ndim - 1))), fn(x, *params), x)
+    idx = sel.nonzero().squeeze(1)
+    if idx.numel():
+        x[idx] = fn(x[idx], *(p if p is None else p[idx] for p in params))
+    return x
+
+
 def uniform(shape: Sequence[int] | int, low: float, high: float, *, generator: torch.Generator,
             device: torch.device | str | None = None) -> torch.Tensor:
     """Uniform draws in [low, high) from ``generator`` (on its own device), moved to ``device``."""
@@ -160,37 +175,17 @@ def color_jitter(
     0..3 (brightness, contrast, saturation, hue) per row; contrast_mean (B,) or None.
     """
     out = x.clone()
-    every = avoid_syncs(x)
     for step in range(4):
         for op in range(4):
             sel = order[:, step] == op
             if op == 0:
-                sel = sel & (brightness != 1)
+                out = apply_where(sel & (brightness != 1), adjust_brightness, out, brightness)
             elif op == 1:
-                sel = sel & (contrast != 1)
+                out = apply_where(sel & (contrast != 1), adjust_contrast, out, contrast, contrast_mean)
             elif op == 2:
-                sel = sel & (saturation != 1)
+                out = apply_where(sel & (saturation != 1), adjust_saturation, out, saturation)
             else:
-                sel = sel & (hue != 0)
-            if every:  # every image, kept where selected (module docstring)
-                idx = slice(None)
-            else:
-                idx = sel.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
-            xi = out[idx]
-            if op == 0:
-                xi = adjust_brightness(xi, brightness[idx])
-            elif op == 1:
-                xi = adjust_contrast(xi, contrast[idx], None if contrast_mean is None else contrast_mean[idx])
-            elif op == 2:
-                xi = adjust_saturation(xi, saturation[idx])
-            else:
-                xi = adjust_hue(xi, hue[idx])
-            if every:
-                out = torch.where(sel.view(-1, 1, 1, 1), xi, out)
-            else:
-                out[idx] = xi
+                out = apply_where(sel & (hue != 0), adjust_hue, out, hue)
     return out
 
 

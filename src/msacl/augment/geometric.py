@@ -34,13 +34,8 @@ class Rotation(StrongBase):
         if x.shape[2] != x.shape[3]:
             raise ValueError(f"rotation needs square images, got {x.shape[2]}x{x.shape[3]}")
         out = x.clone()
-        for k in range(1, 4):
-            if AF.avoid_syncs(x):  # every image, kept where its class is k (see ``functional``)
-                out = torch.where((labels == k).view(-1, 1, 1, 1), torch.rot90(x, k, dims=(2, 3)), out)
-                continue
-            idx = (labels == k).nonzero().squeeze(1)
-            if idx.numel():
-                out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
+        for k in range(1, 4):  # each image has one class, so out still holds x where labels == k
+            out = AF.apply_where(labels == k, lambda t, k=k: torch.rot90(t, k, dims=(2, 3)), out)
         return StrongOutput(out, labels, _zeros_mask(x))
 
 

@@ -154,19 +154,14 @@ class WeakAugment:
         y = AF.color_jitter(y, brightness=br, contrast=co, saturation=sa, hue=torch.where(jit, hue, 0 * hue),
                             order=order)
 
-        every = AF.avoid_syncs(y)  # every image, kept where drawn (see ``functional``): no wait for the device
         grey = AF.uniform(b, 0, 1, generator=generator, device=dev) < cfg.grey_p
-        if y.shape[1] > 1 and (every or grey.any()):
+        if y.shape[1] > 1 and (AF.avoid_syncs(y) or grey.any()):  # no wait for the device (see ``functional``)
             y = torch.where(grey.view(-1, 1, 1, 1), AF.to_grey(y), y)
 
         blur = AF.uniform(b, 0, 1, generator=generator, device=dev) < cfg.blur_p
         sigma = AF.uniform(b, *cfg.blur_sigma, generator=generator, device=dev)
-        if self.blur_kernel // 2 < self.size and every:
-            y = torch.where(blur.view(-1, 1, 1, 1), AF.gaussian_blur(y, sigma, self.blur_kernel), y)
-        elif self.blur_kernel // 2 < self.size:
-            idx = blur.nonzero().squeeze(1)
-            if idx.numel():
-                y[idx] = AF.gaussian_blur(y[idx], sigma[idx], self.blur_kernel)
+        if self.blur_kernel // 2 < self.size:
+            y = AF.apply_where(blur, lambda t, s: AF.gaussian_blur(t, s, self.blur_kernel), y, sigma)
         return y.clamp_(0, 1).to(x.dtype)
 
     def _shrink(self, x: torch.Tensor) -> torch.Tensor:
