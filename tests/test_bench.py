@@ -321,3 +321,47 @@ def test_claims_get_a_verdict_from_paired_differences():
     # with fewer seeds than planned the claim stays open, whatever the interval
     assert "**open**" in [x for x in "\n".join(claims_markdown(up, ["kvasir_seg_patch128"], 5)).split("\n\n")
                           if "improves PaDiM" in x][0]
+
+
+def test_run_grid_resumes_pretraining_interrupted_after_a_checkpoint(synthetic_data, tmp_path, monkeypatch):
+    """encoder.pt is written at every checkpoint, so its presence does not mean the run finished: a grid
+    interrupted after the first of two epochs resumes the pre-training (and gets the uninterrupted run's encoder)
+    instead of taking the half-trained one."""
+    from msacl.pretrain.checkpoint import load_checkpoint
+    from msacl.pretrain.engine import _Run
+
+    profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=2, pretrain_batch=16, seeds=1,
+                      bn_stats=("encoder",))
+    tabs = [Table("t", "tiny table", (Row("MSACL - PaDiM", "msacl", "padim"),), ())]
+    lite0 = "tf_efficientnet_lite0"
+
+    def grid(out, log=print):
+        return run_grid(profile, tabs, synthetic_data.parent, out, ["synthetic"], seeds=1, backbone=lite0,
+                        device="cpu", progress=False, log=log)
+
+    whole = grid(tmp_path / "whole")
+    checkpoint = _Run._checkpoint
+
+    def stop_after_first(self, epoch):
+        checkpoint(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Run, "_checkpoint", stop_after_first)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        grid(out)
+    run = out / "pretrain" / "synthetic" / lite0 / "msacl" / "seed0"
+    assert (run / "encoder.pt").is_file() and load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(_Run, "_checkpoint", checkpoint)
+    logs: list[str] = []
+    resumed = grid(out, logs.append)
+    assert any("resuming after epoch 1" in x for x in logs)
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+    first = torch.load(tmp_path / "whole" / run.relative_to(out) / "encoder.pt", weights_only=True)
+    again = torch.load(run / "encoder.pt", weights_only=True)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    timing = {"test_seconds"}
+    assert ({k: v for k, v in resumed[0]["metrics"].items() if k not in timing}
+            == {k: v for k, v in whole[0]["metrics"].items() if k not in timing})
+    assert json.loads((run / "pretrain_seconds.json").read_text())["resumed_after_epoch"] == 1

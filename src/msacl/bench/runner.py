@@ -258,6 +258,7 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     ``NO_PRETRAIN``, or a pre-trained encoder (pre-trained now unless an earlier invocation did)."""
     from msacl.detectors.pipeline import resolve_device
     from msacl.pretrain import pretrain
+    from msacl.pretrain.checkpoint import load_checkpoint
     from msacl.pretrain.engine import make_fabric
 
     if job.variant in NO_PRETRAIN:
@@ -267,18 +268,23 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     timing = run_dir / "pretrain_seconds.json"
     cfg = pretrain_config(profile, job.dataset, job.variant, job.seed, size, backbone)
     cfg.data.root = str(root)
-    if enc_path.is_file():
+    ckpt = run_dir / "checkpoint.pt"
+    # encoder.pt is written at every checkpoint too: a run is finished when its checkpoint has all its epochs.
+    done = int(load_checkpoint(ckpt)["epoch"]) if ckpt.is_file() else 0
+    if enc_path.is_file() and done >= cfg.epochs:
         _check_reused(run_dir, cfg)
     else:
-        log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs)")
+        log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs"
+            + (f", resuming after epoch {done})" if done else ")"))
         tp = time.perf_counter()
         dev = resolve_device(device)
         fabric = make_fabric(accelerator=dev.type, precision=precision,
                              devices=[dev.index] if dev.type == "cuda" and dev.index is not None else 1)
-        pretrain(cfg, train, run_dir, fabric=fabric, progress=progress,
-                 resume=(run_dir / "checkpoint.pt").is_file())
+        pretrain(cfg, train, run_dir, fabric=fabric, progress=progress, resume=ckpt.is_file())
         seconds = round(time.perf_counter() - tp, 1)
-        timing.write_text(json.dumps({"seconds": seconds, "precision": precision}))
+        # A resumed run's seconds are those of the epochs run now only.
+        timing.write_text(json.dumps({"seconds": seconds, "precision": precision}
+                                     | ({"resumed_after_epoch": done} if done else {})))
     pre = json.loads(timing.read_text()) if timing.is_file() else {}
     return enc_path, pre.get("seconds", float("nan")), pre.get("precision", "32-true")
 
