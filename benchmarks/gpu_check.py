@@ -52,7 +52,9 @@ def pretrain_speed(device: str, size: int, precision: str, warmup: int, steps: i
     return {"s_per_step": per_step, "images_per_s": images / per_step, "peak_gib": peak}
 
 
-def augment_time(device: str, size: int, sync_free: bool, steps: int) -> dict:
+def augment_times(device: str, size: int, steps: int) -> dict[bool, float]:
+    """Milliseconds per MSACL batch (MedMix and the weak views, 32 Kvasir images) without (False) and with (True)
+    the sync-free path; on CUDA the sync-free batches run under ``set_sync_debug_mode("error")``."""
     from msacl.augment.functional import sync_free as sync_free_block
     from msacl.data import load_split
     from msacl.pretrain import PretrainConfig
@@ -60,22 +62,26 @@ def augment_time(device: str, size: int, sync_free: bool, steps: int) -> dict:
     from msacl.runs import make_generator
 
     x = load_split(DATA, "train", image_size=size).images[:32].to(device)
-    method, g = build_method(PretrainConfig(method="msacl"), image_size=size), make_generator(0, device)
-    with sync_free_block(sync_free):
-        method.make_batch(x, generator=g)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-            if sync_free:  # any host synchronisation in the batch now raises
-                torch.cuda.set_sync_debug_mode("error")
-        t0 = time.perf_counter()
-        try:
-            for _ in range(steps):
-                method.make_batch(x, generator=g)
-        finally:
+    method = build_method(PretrainConfig(method="msacl"), image_size=size)
+    out = {}
+    for sync_free in (False, True):
+        g = make_generator(0, device)
+        with sync_free_block(sync_free):
+            method.make_batch(x, generator=g)  # warm-up
             if device == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
                 torch.cuda.synchronize()
-    return {"ms_per_batch": 1000 * (time.perf_counter() - t0) / steps}
+                if sync_free:  # any host synchronisation in the batch now raises
+                    torch.cuda.set_sync_debug_mode("error")
+            t0 = time.perf_counter()
+            try:
+                for _ in range(steps):
+                    method.make_batch(x, generator=g)
+            finally:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+                    torch.cuda.synchronize()
+        out[sync_free] = 1000 * (time.perf_counter() - t0) / steps
+    return out
 
 
 def detector_time(device: str, name: str, size: int) -> dict:
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                              else f"{r['peak_gib']:.2f} GiB"))
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
         for size in a.sizes:
-            t = {free: augment_time(device, size, free, steps)["ms_per_batch"] for free in (False, True)}
+            t = augment_times(device, size, steps)
             rows.append((name, f"MSACL batch (MedMix + weak views), 32 images at {size} px",
                          f"indexed {t[False]:.0f} ms, sync-free {t[True]:.0f} ms"
                          + ("; no host sync" if device == "cuda" else ""), "-"))

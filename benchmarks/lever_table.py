@@ -45,9 +45,10 @@ def row(out: Path, seed: int | None = None) -> str:
         c = json.loads((run / "centres.json").read_text()) if (run / "centres.json").is_file() else {}
         if c.get("spread_rms"):
             ratio.append(c["min_distance"] / c["spread_rms"])
-        t = json.loads((run / "pretrain_seconds.json").read_text()) if (run / "pretrain_seconds.json").is_file() else {}
-        if t and "resumed_after_epoch" not in t:  # a resumed run's seconds are only those after the resume
-            minutes.append(t["seconds"] / 60)
+        t = run / "pretrain_seconds.json"
+        timing = json.loads(t.read_text()) if t.is_file() else {}
+        if timing and "resumed_after_epoch" not in timing:  # a resumed run's seconds are those after the resume
+            minutes.append(timing["seconds"] / 60)
     effect = paired_difference(auc("msacl", "train"), auc("imagenet", "train"))
     eff = "-" if effect is None else f"{effect['mean']:+.3f}" + (
         f" [{effect['lo']:+.3f}, {effect['hi']:+.3f}]" if effect["lo"] is not None else "")
