@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -327,7 +328,8 @@ def test_run_grid_resumes_pretraining_interrupted_after_a_checkpoint(synthetic_d
     """encoder.pt is written at every checkpoint, so its presence does not mean the run finished: a grid
     interrupted after the first of two epochs resumes the pre-training (and gets the uninterrupted run's encoder)
     instead of taking the half-trained one."""
-    from msacl.pretrain.checkpoint import load_checkpoint
+    from msacl.detectors.base import UnfinishedRunWarning, build_detector
+    from msacl.pretrain.checkpoint import epochs_done, load_checkpoint
     from msacl.pretrain.engine import _Run
 
     profile = Profile("tiny", {"synthetic": 32}, pretrain_epochs=2, pretrain_batch=16, seeds=1,
@@ -353,11 +355,19 @@ def test_run_grid_resumes_pretraining_interrupted_after_a_checkpoint(synthetic_d
         grid(out)
     run = out / "pretrain" / "synthetic" / lite0 / "msacl" / "seed0"
     assert (run / "encoder.pt").is_file() and load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert epochs_done(run) == 1
+    # a user fitting a detector on the half-trained run is told so, with the command that finishes it
+    det = build_detector("padim", backbone=lite0, image_size=32)
+    with pytest.warns(UnfinishedRunWarning, match=r"epoch 1 of 2: .*msacl pretrain --resume"):
+        det.load_encoder(run)
     monkeypatch.setattr(_Run, "_checkpoint", checkpoint)
     logs: list[str] = []
     resumed = grid(out, logs.append)
     assert any("resuming after epoch 1" in x for x in logs)
-    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2 and epochs_done(run) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfinishedRunWarning)
+        det.load_encoder(run / "encoder.pt")
     first = torch.load(tmp_path / "whole" / run.relative_to(out) / "encoder.pt", weights_only=True)
     again = torch.load(run / "encoder.pt", weights_only=True)
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)

@@ -258,7 +258,7 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     ``NO_PRETRAIN``, or a pre-trained encoder (pre-trained now unless an earlier invocation did)."""
     from msacl.detectors.pipeline import resolve_device
     from msacl.pretrain import pretrain
-    from msacl.pretrain.checkpoint import load_checkpoint
+    from msacl.pretrain.checkpoint import epochs_done
     from msacl.pretrain.engine import make_fabric
 
     if job.variant in NO_PRETRAIN:
@@ -269,9 +269,8 @@ def _encoder(job: Job, profile: Profile, train: ImageSet, root: Path, size: int,
     cfg = pretrain_config(profile, job.dataset, job.variant, job.seed, size, backbone)
     cfg.data.root = str(root)
     ckpt = run_dir / "checkpoint.pt"
-    # encoder.pt is written at every checkpoint too: a run is finished when its checkpoint has all its epochs.
-    done = int(load_checkpoint(ckpt)["epoch"]) if ckpt.is_file() else 0
-    if enc_path.is_file() and done >= cfg.epochs:
+    done = epochs_done(run_dir)
+    if done >= cfg.epochs:
         _check_reused(run_dir, cfg)
     else:
         log(f"[bench] pre-training {job.variant} on {job.dataset} (seed {job.seed}, {cfg.epochs} epochs"

@@ -198,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
              f"from {d.root} on {fabric.world_size} x {fabric.device.type}")
     resume = saved is not None
     if resume:
-        from msacl.pretrain.checkpoint import load_checkpoint
+        from msacl.pretrain.checkpoint import epochs_done
 
-        done = int(load_checkpoint(out / "checkpoint.pt", cfg)["epoch"])
-        if done >= cfg.epochs and (out / "encoder.pt").is_file():
+        done = epochs_done(out, cfg)
+        if done >= cfg.epochs:
             info(f"{out} has already finished its {done} epochs: nothing to do (--epochs N trains it longer); "
                  f"encoder weights: {out / 'encoder.pt'}")
             return 0

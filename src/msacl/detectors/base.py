@@ -13,6 +13,7 @@ JSON-like form in ``config``) reproduces the detector exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -140,7 +141,11 @@ class Detector(nn.Module):
             raise MsaclError(f"the {self.name} detector has no {part} encoder{hint}")
         if source is None:
             return parts[part].source
-        return parts[part].load_weights(source if str(source) == IMAGENET else encoder_file(source))
+        if str(source) == IMAGENET:
+            return parts[part].load_weights(source)
+        path = encoder_file(source)
+        warn_if_unfinished(path)
+        return parts[part].load_weights(path)
 
     def save(self, path: str | Path) -> None:
         atomic_torch_save({"detector": self.name, "config": self.config, "state_dict": self.state_dict()}, path)
@@ -188,6 +193,27 @@ def encoder_file(path: str | Path) -> Path:
     if not p.is_file():
         raise CheckpointError(f"{p}: encoder weights not found")
     return p
+
+
+class UnfinishedRunWarning(UserWarning):
+    """Encoder weights taken from a pre-training run that stopped before its last epoch."""
+
+
+def warn_if_unfinished(path: Path) -> None:
+    """Warn when ``path`` is the encoder.pt of an ``msacl pretrain`` run that has not finished its epochs
+    (encoder.pt is written at every checkpoint, so an interrupted run leaves a partly trained one)."""
+    from msacl.pretrain.checkpoint import run_progress
+
+    if path.name != "encoder.pt":
+        return
+    try:
+        progress = run_progress(path.parent)
+    except CheckpointError:
+        return  # a checkpoint of another kind or version beside it: nothing to tell from it
+    if progress is not None and progress[0] < progress[1]:
+        warnings.warn(f"{path}: written at epoch {progress[0]} of {progress[1]}: this pre-training run has not "
+                      f"finished (`msacl pretrain --resume {path.parent}` goes on from there)",
+                      UnfinishedRunWarning, stacklevel=3)
 
 
 def build_detector(name: str, options: DetectorOptions | None = None, /, **kwargs: Any) -> Detector:

@@ -90,6 +90,23 @@ def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None) -> dict
     return ckpt
 
 
+def run_progress(run_dir: str | Path, cfg: PretrainConfig | None = None) -> tuple[int, int] | None:
+    """(epochs finished, epochs planned) of the ``msacl pretrain`` run in ``run_dir``, from its checkpoint.pt
+    (checked against ``cfg``'s settings where given, as :func:`load_checkpoint`); None where it has none."""
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    state = load_checkpoint(ckpt, cfg)
+    return int(state["epoch"]), int(state["config"].get("epochs", state["epoch"]))
+
+
+def epochs_done(run_dir: str | Path, cfg: PretrainConfig | None = None) -> int:
+    """Epochs the run in ``run_dir`` has finished with its encoder.pt written (0 without checkpoint.pt or
+    encoder.pt). encoder.pt is written at every checkpoint: a run is finished when this reaches its epochs."""
+    progress = run_progress(run_dir, cfg)
+    return progress[0] if progress is not None and (Path(run_dir) / "encoder.pt").is_file() else 0
+
+
 def restore_weights(path: Path, raw: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a checkpoint's network weights into ``raw`` (strict), as a CheckpointError naming ``path`` if they
     do not fit."""
