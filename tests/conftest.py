@@ -64,6 +64,20 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fitted_padim(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PaDiM run fitted on the synthetic set by ``msacl fit`` (n_features=40), once per session.
+
+    Read-only for tests (predict and serve read it; export writes into its run, so test_export fits its own).
+    """
+    from msacl.cli.main import main
+
+    out = tmp_path_factory.mktemp("fitted") / "padim"
+    assert main(["fit", "--detector", "padim", "--data", str(synthetic_data), "--out", str(out), "--quiet",
+                 "--set", "n_features=40"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def synthetic_train(synthetic_data: Path):
     """``synthetic_train(n, size)``: the first n normal training images of the synthetic set at size px."""
     from msacl.data import load_split

@@ -24,12 +24,9 @@ from msacl.deploy.inference import (
 from msacl.report.heatmap import BAR_WIDTH
 
 
-@pytest.fixture(scope="module")
-def run(synthetic_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("limits") / "padim"
-    assert main(["fit", "--detector", "padim", "--data", str(synthetic_data), "--out", str(out), "--quiet",
-                 "--set", "n_features=40"]) == 0
-    return out
+@pytest.fixture
+def run(fitted_padim: Path) -> Path:
+    return fitted_padim
 
 
 def header_only_png(width: int, height: int) -> bytes:

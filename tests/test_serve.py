@@ -30,12 +30,9 @@ KEY = "k3y-0f-the-test-service-9f8e7d6c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture(scope="module")
-def run(synthetic_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "padim"
-    assert main(["fit", "--detector", "padim", "--data", str(synthetic_data), "--out", str(out), "--quiet",
-                 "--set", "n_features=40"]) == 0
-    return out
+@pytest.fixture
+def run(fitted_padim: Path) -> Path:
+    return fitted_padim
 
 
 def _png(path: Path) -> bytes:
