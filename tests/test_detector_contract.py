@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from msacl.detectors import REGISTRY, Detector, batches, build_detector, options_for
+from msacl.detectors.network import NetworkDetector
 from msacl.runs import make_generator
 
 SIZE = 32  # the smallest image every detector takes (a multiple of 32)
@@ -124,3 +125,25 @@ def test_an_interrupted_fit_resumes_bit_for_bit(name, images, tmp_path, monkeypa
     s2, m2 = rest.predict(test)
     assert torch.equal(s1, s2) and torch.equal(m1, m2)
     assert rest.history == full.history
+
+
+NETWORKS = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, NetworkDetector))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_channels_last_networks_draw_the_weights_of_the_plain_layout(name):
+    """The trained networks run channels-last (faster convolutions); ``fit``'s re-initialisation draws the same
+    numbers as in the plain layout, so a seed gives the weights it gave before the layout changed."""
+    from msacl.detectors.training import reinit
+
+    det = build_detector(name, **tiny(name))
+    convs = [m.weight for m in det.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    plain = build_detector(name, **tiny(name)).to(memory_format=torch.contiguous_format)
+    for d in (det, plain):
+        g = make_generator(7)
+        for group in d.new_layer_groups():
+            reinit(group, g)
+    a, b = det.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
