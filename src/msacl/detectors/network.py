@@ -47,8 +47,8 @@ class NetworkDetector(CheckpointedFit, Detector):
         self.hw = image_hw(self.options.image_size)
         with seeded(self.options.init_seed):
             self.build_nets()
-        # Channels-last convolutions: the decoders' and critics' training steps run ~1.35x faster on the CPU
-        # (docs/benchmarks.md, Speed); values are unchanged, and ``reinit`` draws in the plain layout.
+        # Channels-last convolutions: the decoders' and critics' training steps run ~1.5x faster on the CPU
+        # (benchmarks/bench_network_fit.py); values are unchanged, and ``reinit`` draws in the plain layout.
         self.to(memory_format=torch.channels_last)
 
     def build_nets(self) -> None:
