@@ -133,7 +133,8 @@ NETWORKS = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, Netw
 @pytest.mark.parametrize("name", NETWORKS)
 def test_channels_last_networks_draw_the_weights_of_the_plain_layout(name):
     """The trained networks run channels-last (faster convolutions); ``fit``'s re-initialisation draws the same
-    numbers as in the plain layout, so a seed gives the weights it gave before the layout changed."""
+    numbers as in the plain layout (torch's convolutions initialise through a contiguous buffer; a layer that
+    drew straight into a channels-last weight would fail here), so a seed gives the weights it gave before."""
     from msacl.detectors.training import reinit
 
     det = build_detector(name, **tiny(name))

@@ -48,7 +48,8 @@ class NetworkDetector(CheckpointedFit, Detector):
         with seeded(self.options.init_seed):
             self.build_nets()
         # Channels-last convolutions: the decoders' and critics' training steps run ~1.5x faster on the CPU
-        # (benchmarks/bench_network_fit.py); values are unchanged, and ``reinit`` draws in the plain layout.
+        # (benchmarks/bench_network_fit.py); values are unchanged, and torch's convolutions draw their
+        # ``reset_parameters`` in the plain layout, so ``fit``'s re-initialisation is too (test_detector_contract).
         self.to(memory_format=torch.channels_last)
 
     def build_nets(self) -> None:

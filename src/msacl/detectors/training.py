@@ -40,22 +40,12 @@ def collect_images(batches: Iterable[torch.Tensor], *, image_size: tuple[int, in
 
 
 def reinit(modules: Iterable[nn.Module], generator: torch.Generator) -> None:
-    """Re-initialise every layer with ``reset_parameters`` in ``modules``, seeded from ``generator``.
-
-    The numbers are drawn into weights of the plain (contiguous) layout: a channels-last weight would take the
-    same numbers in another order. Each weight keeps its layout."""
+    """Re-initialise every layer with ``reset_parameters`` in ``modules``, seeded from ``generator``."""
     with seeded(child_seed(generator)):
         for module in modules:
             for m in module.modules():
                 if hasattr(m, "reset_parameters"):
-                    last = [p for p in m.parameters(recurse=False)
-                            if p.dim() == 4 and not p.is_contiguous()
-                            and p.is_contiguous(memory_format=torch.channels_last)]
-                    for p in last:
-                        p.data = p.data.contiguous()
                     m.reset_parameters()
-                    for p in last:
-                        p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
 def rand(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
