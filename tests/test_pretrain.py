@@ -22,6 +22,7 @@ from msacl.pretrain import (
     make_fabric,
     pretrain,
 )
+from msacl.pretrain.checkpoint import run_progress
 from msacl.pretrain.engine import initial_network, learning_rate
 from msacl.pretrain.patches import NEIGHBOURS, grid_geometry, patch_pairs, random_crops
 from msacl.runs import derive_seed, make_generator
@@ -223,9 +224,14 @@ def test_bad_checkpoints_are_named(tmp_path):
     torch.save(ckpt, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="checkpoint.pt: weights do not fit this network"):
         pretrain(cfg, _images(8), run, fabric=make_fabric("cpu"), progress=False, resume=True)
-    (run / "checkpoint.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="checkpoint.pt: not a readable checkpoint"):
-        load_checkpoint(run / "checkpoint.pt")
+    assert run_progress(run) == (cfg.epochs, cfg.epochs)  # read with the tensors mapped, not loaded
+    good = (run / "checkpoint.pt").read_bytes()
+    for bad in (b"\x00garbage", good[: len(good) // 2]):
+        (run / "checkpoint.pt").write_bytes(bad)
+        with pytest.raises(CheckpointError, match="checkpoint.pt: not a readable checkpoint"):
+            load_checkpoint(run / "checkpoint.pt")
+        with pytest.raises(CheckpointError, match="checkpoint.pt: not a readable checkpoint"):
+            run_progress(run)
 
 
 def test_config_errors_are_clear(tmp_path):

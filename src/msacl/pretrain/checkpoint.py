@@ -68,10 +68,12 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None) -> dict[str, Any]:
-    """Read a checkpoint (weights only) and check it belongs to a run like ``cfg``."""
+def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint (weights only) and check it belongs to a run like ``cfg``; ``mmap`` maps its tensors
+    instead of reading them (for a caller that reads the epoch and settings only)."""
     path = Path(path)
-    ckpt = read_torch_file(path, error=CheckpointError, what="checkpoint", missing="no checkpoint to resume from")
+    ckpt = read_torch_file(path, error=CheckpointError, what="checkpoint", missing="no checkpoint to resume from",
+                           mmap=mmap)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an msacl pre-training checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -92,11 +94,12 @@ def load_checkpoint(path: str | Path, cfg: PretrainConfig | None = None) -> dict
 
 def run_progress(run_dir: str | Path, cfg: PretrainConfig | None = None) -> tuple[int, int] | None:
     """(epochs finished, epochs planned) of the ``msacl pretrain`` run in ``run_dir``, from its checkpoint.pt
-    (checked against ``cfg``'s settings where given, as :func:`load_checkpoint`); None where it has none."""
+    (checked against ``cfg``'s settings where given, as :func:`load_checkpoint`); None where it has none. The
+    weights and optimiser state are mapped, not read."""
     ckpt = Path(run_dir) / "checkpoint.pt"
     if not ckpt.is_file():
         return None
-    state = load_checkpoint(ckpt, cfg)
+    state = load_checkpoint(ckpt, cfg, mmap=True)
     return int(state["epoch"]), int(state["config"].get("epochs", state["epoch"]))
 
 

@@ -49,17 +49,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def read_torch_file(path: str | Path, *, error: type[Exception], what: str, missing: str | None = None,
-                    map_location: str | torch.device = "cpu") -> Any:
+                    map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load(..., weights_only=True)`` that names the file and the problem in ``error``.
 
     ``what`` names the kind of file in the messages ("<path>: not a readable <what> (...)"); ``missing`` is
-    the message for a file that does not exist (default "<what> not found").
+    the message for a file that does not exist (default "<what> not found"). ``mmap`` maps the tensors'
+    storage instead of reading it, for a caller that wants the file's small entries only.
     """
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {missing or what + ' not found'}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         text = str(e).strip()
         if "weights_only" in text or "Weights only load failed" in text:
