@@ -226,7 +226,8 @@ PROFILES: dict[str, Profile] = {
             "images resized to 64 px (32 px for PneumoniaMNIST) instead of 256 px (64 px for Liu et al.)",
             "no patch-position loss in MSACL / CCD pre-training (loss.w_pos=0): at 64 px its patches are 16 px",
             "15 pre-training epochs instead of 2000",
-            "15 training epochs for IGD, F-anoGAN, MS-SSIM AE, DAE and CAVGA-R_u (CAVGA: 100)",
+            "15 training epochs instead of the detectors' defaults: IGD (256), MS-SSIM AE, DAE and CAVGA-R_u (100), "
+            "F-anoGAN's encoder (50; its GAN keeps 100)",
             "OCGAN: 15 epochs of batch 32, negative mining from epoch 12, instead of 201 epochs of batch 512 "
             "(mining after epoch 150)",
             "PANDA on the profile's backbone instead of ResNet-152",
