@@ -171,6 +171,31 @@ def test_profile_pretrain_overrides_reach_every_run():
     assert pretrain_config(PROFILES["cpu"], "d", "msacl", 0, 64).optim.lr == 0.01
 
 
+def test_cpu_profile_reductions_name_the_detectors_own_defaults_and_the_docs_repeat_them():
+    """The reductions line that names each detector's default epochs is written by hand: it must follow the
+    detectors' option defaults, and docs/benchmarks.md must print the same line."""
+    import re
+    from pathlib import Path
+
+    from msacl.detectors import REGISTRY
+
+    cpu = PROFILES["cpu"]
+    line = next(r for r in cpu.reductions if r.startswith("15 training epochs instead of"))
+    labels = {"IGD": "igd", "MS-SSIM AE": "msssim_ae", "DAE": "dae", "CAVGA-R_u": "cavga",
+              "F-anoGAN's encoder": "fanogan"}
+    named = {}
+    for group, epochs in re.findall(r"([^:();]+?) \((\d+)", line.split(": ", 1)[1]):
+        for label in re.split(r", | and ", group.strip(", ")):
+            named[labels[label]] = int(epochs)
+    # every detector the profile shortens (but OCGAN, which has a line of its own) is named with its default
+    shortened = {d for d, kw in cpu.detector_kwargs.items() if "epochs" in kw} - {"ocgan"}
+    assert set(named) == shortened
+    assert named == {d: REGISTRY[d].Options().epochs for d in shortened}
+    assert f"its GAN keeps {REGISTRY['fanogan'].Options().gan_epochs})" in line
+    docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text().split())
+    assert line in docs
+
+
 def test_auto_backbone_says_what_it_tries_and_falls_back_to_lite0():
     # the test session is offline with empty caches (conftest): ResNet-18's weights cannot be had
     logs: list[str] = []
