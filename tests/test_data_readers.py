@@ -178,6 +178,55 @@ def test_bad_files_are_named_with_their_problem(tmp_path):
         read_image(tmp_path / "absent.png")
 
 
+ADAM7 = ((0, 8, 0, 8), (0, 8, 4, 8), (4, 8, 0, 4), (0, 4, 2, 4), (2, 4, 0, 2), (0, 2, 1, 2), (1, 2, 0, 1))
+
+
+def _grey_png(path, pixels: np.ndarray, *, interlaced: bool = False, drop: int = 0) -> None:
+    """An 8-bit grey PNG written by hand (Pillow writes no interlaced PNG): the rows of each Adam7 pass or of the
+    whole image, each after filter byte 0, with the last ``drop`` bytes of that pixel data left out; the zlib
+    stream and every chunk's CRC stay valid, so only the length of the pixel data tells."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    passes = [pixels[r0::dr, c0::dc] for r0, dr, c0, dc in ADAM7] if interlaced else [pixels]
+    raw = b"".join(b"\x00" + row.tobytes() for p in passes if p.size for row in p)
+    h, w = pixels.shape
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, int(interlaced)))
+                     + chunk(b"IDAT", zlib.compress(raw[:len(raw) - drop])) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+def test_png_with_pixel_data_shorter_than_its_header_is_named_not_filled_with_black(tmp_path, interlaced):
+    pixels = RNG.integers(1, 256, (37, 21), dtype=np.uint8)
+    _grey_png(tmp_path / "whole.png", pixels, interlaced=interlaced)
+    with Image.open(tmp_path / "whole.png") as im:  # the hand-written file is what Pillow reads it as
+        assert np.array_equal(np.asarray(im), pixels)
+    assert np.allclose(read_image(tmp_path / "whole.png").numpy()[0], pixels / 255.0)
+    # Five whole rows short (22 bytes a row, the last pass's rows too): Pillow decodes the file without a word,
+    # those rows black; here it is a truncated image.
+    _grey_png(tmp_path / "short.png", pixels, interlaced=interlaced, drop=5 * 22)
+    with Image.open(tmp_path / "short.png") as im:
+        im.load()  # the behaviour this check exists for
+        assert (np.asarray(im) == 0).sum() == 5 * 21
+    total = sum(len(range(r0, 37, dr)) * (1 + len(range(c0, 21, dc))) for r0, dr, c0, dc in ADAM7) \
+        if interlaced else 37 * 22
+    with pytest.raises(DataError, match=rf"short\.png: truncated image: its pixel data holds {total - 110} of "
+                                        rf"the {total} bytes"):
+        read_image(tmp_path / "short.png")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "1", "I;16", "LA"])
+def test_every_kind_of_png_pillow_writes_passes_the_pixel_data_check(tmp_path, mode):
+    arr = RNG.integers(0, 256, (37, 21, 4), dtype=np.uint8)
+    im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257) if mode == "I;16" else \
+        Image.fromarray(arr, "RGBA").convert(mode)
+    im.save(tmp_path / "a.png", optimize=True)
+    assert read_image(tmp_path / "a.png").shape[-2:] == (37, 21)
+
+
 def test_corrupt_jpeg_is_named(tmp_path):
     Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
     data = bytearray((tmp_path / "a.jpg").read_bytes())

@@ -7,6 +7,8 @@ they are resized, which keeps decoding and antialiased resizing in Pillow's fast
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,8 @@ def decode(path: str | Path) -> Decoded:
         if n_frames > 1:
             raise _err(path, f"has {n_frames} frames; only single images are supported", "multi-frame")
         im.load()
+        if im.format == "PNG":
+            _check_png_pixel_data(path)
         return _normalise_pil(im, path)
     except DataError:
         if im is not None:
@@ -113,6 +117,49 @@ def decode(path: str | Path) -> Decoded:
             raise _err(path, f"truncated image: the file ends before the image data does ({text})",
                        "truncated") from e
         raise _err(path, f"corrupt image ({text})", "corrupt") from e
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Adam7 passes: (first row, row step, first column, column step)
+_ADAM7 = ((0, 8, 0, 8), (0, 8, 4, 8), (4, 8, 0, 4), (0, 4, 2, 4), (2, 4, 0, 2), (0, 2, 1, 2), (1, 2, 0, 1))
+
+
+def png_pixel_bytes(width: int, height: int, bit_depth: int, colour_type: int, interlaced: bool) -> int:
+    """Bytes of a PNG's decompressed pixel data (filter bytes included) as its header declares them."""
+    bits = _PNG_CHANNELS[colour_type] * bit_depth
+    if interlaced:
+        passes = [((height - r0 + dr - 1) // dr, (width - c0 + dc - 1) // dc) for r0, dr, c0, dc in _ADAM7]
+    else:
+        passes = [(height, width)]
+    return sum(h * (1 + (w * bits + 7) // 8) for h, w in passes if h > 0 and w > 0)
+
+
+def _check_png_pixel_data(path: Path) -> None:
+    """Pillow fills the rows of a PNG whose compressed pixel data (IDAT) ends early but cleanly with black and
+    says nothing; such a file is an error here, as a file cut short is."""
+    data = path.read_bytes()
+    pos, header, idat = 8, None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or header[3] not in _PNG_CHANNELS:
+        return  # Pillow decoded it: nothing this check knows how to measure
+    width, height, depth, colour, _, _, interlace = header
+    want = png_pixel_bytes(width, height, depth, colour, interlace == 1)
+    try:  # at most one byte beyond what the header declares: a decompression bomb stops there
+        got = len(zlib.decompressobj().decompress(b"".join(idat), want + 1))
+    except zlib.error:
+        return  # Pillow decoded it despite the stream's error; its own errors are reported where it raises
+    if got < want:
+        raise _err(path, f"truncated image: its pixel data holds {got} of the {want} bytes its header declares "
+                   f"({width} x {height}); the missing rows would decode as black", "truncated")
 
 
 def _normalise_pil(im: Image.Image, path: Path) -> Decoded:
