@@ -169,6 +169,20 @@ CLAIMS = (
     Claim("MSACL beats CCD under IGD on every data set (MSACL Table 1)", "msacl", "ccd", "igd"),
     Claim("MSACL beats SimCLR under PaDiM on Kvasir (MSACL Fig. 6 right)", "msacl", "simclr", "padim",
           ("kvasir_seg_patch128",)),
+    # MSACL Table 3 (PaDiM on Hyper-Kvasir and LAG): each component adds to the one before it.
+    Claim("MedMix improves CCD under PaDiM on Kvasir and the glaucoma set (MSACL Table 3: +1 %)",
+          "ccd+medmix", "ccd", "padim", ("kvasir_seg_patch128", "odir_fundus_256")),
+    Claim("The MSACL loss improves on CCD + MedMix under PaDiM (MSACL Table 3: +1 to 2 %; kappa off in both)",
+          "msacl-nokappa", "ccd+medmix", "padim", ("kvasir_seg_patch128", "odir_fundus_256")),
+    Claim("The temperature calibration kappa(n, m) improves MSACL under PaDiM (MSACL Table 3: about +0.5 %)",
+          "msacl", "msacl-nokappa", "padim", ("kvasir_seg_patch128", "odir_fundus_256")),
+) + tuple(
+    # MSACL Fig. 6 left (IGD on Hyper-Kvasir and Covid-X; PaDiM in the `cpu` profile): MedMix is the best of the
+    # five strong augmentations on both sets.
+    Claim(f"MedMix beats {name} as MSACL's strong augmentation on Kvasir and the chest X-ray set (MSACL Fig. 6 left, "
+          "there under IGD)", "msacl", variant, "padim", ("kvasir_seg_patch128", "kermany_cxr_224"))
+    for name, variant in (("cutout", "msacl-cutout"), ("Gaussian noise", "msacl-noise"),
+                          ("rotation", "msacl-rotation"), ("permutation", "msacl-permutation"))
 )
 
 
