@@ -29,16 +29,17 @@ def run(fitted_padim: Path) -> Path:
     return fitted_padim
 
 
-def header_only_png(width: int, height: int) -> bytes:
-    """A PNG whose header says width x height but whose pixel data holds two rows (Pillow reads the rest as 0):
-    a few hundred bytes whatever the size."""
+def header_only_png(width: int, height: int, *, complete: bool = False) -> bytes:
+    """A PNG whose header says width x height but whose pixel data holds two rows: a few hundred bytes whatever
+    the size, to be stopped by its header (decoded, it is a truncated image). ``complete``: every row, a black
+    image that decodes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(3 * width + 1) * 2))
-            + chunk(b"IEND", b""))
+    rows = bytes(3 * width + 1) * (height if complete else 2)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -42,11 +42,12 @@ def test_channels_last_and_log_every_keep_the_loss_curve(tmp_path):
     assert [[r.get(k) for k in keys] for r in every3] == [[r.get(k) for k in keys] for r in ref]
     # channels-last: the same maths in another summation order. The first step agrees to float32 rounding; a tiny
     # random network amplifies rounding from step to step (its float32 gradients are ~0.4 % from float64 ones,
-    # either layout), so later steps agree to 5e-2 only.
+    # either layout), so later steps agree to 1e-1 only (how far they drift depends on the CPU's kernels: up to 5 %
+    # seen on one machine, 5.1 % on the patch-position loss of step 3 on another). A layout bug shows at step 1.
     for i, (a, b) in enumerate(zip(ref, fast, strict=True)):
         for k in keys:
             if k in a:
-                tol = 1e-5 if i == 0 else 5e-2
+                tol = 1e-5 if i == 0 else 1e-1
                 assert abs(a[k] - b[k]) <= tol * max(1.0, abs(a[k])), (i, k, a[k], b[k])
     # the weights a detector gets are plain contiguous tensors either way
     assert all(v.is_contiguous() for v in fast_w.values()) and ref_w.keys() == fast_w.keys()
